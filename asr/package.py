@@ -1,0 +1,155 @@
+"""The on-disk model package: a folder with `model.json` (the card) and `weights.safetensors`.
+
+Loading never unpickles: the card is JSON, the weights safetensors, and every file's
+sha256 must match the one the card records.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from speechadapt.asr.features import FeatureConfig
+from speechadapt.asr.model import ARCHITECTURE, ConformerCTC, ModelConfig
+from speechadapt.asr.text import CharTokenizer
+
+FORMAT_VERSION = 1
+CARD = "model.json"
+WEIGHTS = "weights.safetensors"
+
+
+class PackageError(ValueError):
+    """A model package that is missing, malformed or tampered with."""
+
+
+@dataclass
+class ModelCard:
+    name: str
+    architecture: str
+    hparams: dict
+    tokenizer: dict
+    features: dict
+    sample_rate: int = 16000
+    language: str = "en"
+    version: int = 1
+    description: str = ""
+    metrics: dict = field(default_factory=dict)
+    lineage: dict = field(default_factory=dict)
+    created: str = ""
+    num_parameters: int = 0
+    files: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelCard":
+        if d.get("format_version") != FORMAT_VERSION:
+            raise PackageError(f"unsupported model package format_version {d.get('format_version')!r}; expected {FORMAT_VERSION}")
+        missing = [k for k in ("name", "architecture", "hparams", "tokenizer", "features", "files") if k not in d]
+        if missing:
+            raise PackageError(f"model.json lacks {', '.join(missing)}")
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_card(folder: str | Path) -> ModelCard:
+    folder = Path(folder)
+    path = folder / CARD
+    if not path.is_file():
+        raise PackageError(f"{folder} is not a model package: no {CARD}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PackageError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise PackageError(f"{path} must hold a JSON object")
+    return ModelCard.from_dict(data)
+
+
+def verify(folder: Path, card: ModelCard) -> None:
+    """Every file the card lists exists and has its recorded sha256; the weights are listed."""
+    if WEIGHTS not in card.files:
+        raise PackageError(f"{folder / CARD} does not list {WEIGHTS}")
+    for name, meta in card.files.items():
+        if Path(name).name != name:
+            raise PackageError(f"{folder / CARD} lists a file outside the package: {name!r}")
+        path = folder / name
+        if not path.is_file():
+            raise PackageError(f"{folder}: file {name} is missing")
+        digest = sha256_file(path)
+        if digest != meta.get("sha256"):
+            raise PackageError(f"{folder}: {name} does not match its recorded sha256 (tampered or corrupt)")
+
+
+def load_package(folder: str | Path, device: str = "cpu") -> tuple[ModelCard, ConformerCTC, CharTokenizer, FeatureConfig]:
+    folder = Path(folder)
+    card = read_card(folder)
+    if card.architecture != ARCHITECTURE:
+        raise PackageError(f"unsupported architecture {card.architecture!r}; this build knows {ARCHITECTURE!r}")
+    verify(folder, card)
+    cfg = ModelConfig.from_dict(card.hparams)
+    net = ConformerCTC(cfg)
+    state = load_file(str(folder / WEIGHTS), device=device)
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise PackageError(f"{folder}: weights do not fit the architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return card, net.to(device).eval(), CharTokenizer.from_dict(card.tokenizer), FeatureConfig.from_dict(card.features)
+
+
+def save_package(
+    folder: str | Path,
+    net: ConformerCTC,
+    tokenizer: CharTokenizer,
+    features: FeatureConfig,
+    *,
+    name: str,
+    version: int = 1,
+    description: str = "",
+    metrics: dict | None = None,
+    lineage: dict | None = None,
+    language: str = "en",
+) -> ModelCard:
+    """Write a package into `folder` (created; must not hold another package). Files are fsynced."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})
+    card = ModelCard(
+        name=name,
+        version=version,
+        architecture=ARCHITECTURE,
+        hparams=net.cfg.to_dict(),
+        tokenizer=tokenizer.to_dict(),
+        features=features.to_dict(),
+        sample_rate=features.sample_rate,
+        language=language,
+        description=description,
+        metrics=dict(metrics or {}),
+        lineage=dict(lineage or {}),
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        num_parameters=net.num_parameters(),
+        files={WEIGHTS: {"sha256": sha256_file(folder / WEIGHTS), "bytes": (folder / WEIGHTS).stat().st_size}},
+    )
+    (folder / CARD).write_text(card.to_json())
+    for name_ in (WEIGHTS, CARD):
+        with open(folder / name_, "rb") as f:
+            os.fsync(f.fileno())
+    return card
+

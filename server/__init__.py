@@ -1,0 +1,1 @@
+"""The gRPC server: model registry, streaming sessions, services."""

@@ -1,0 +1,102 @@
+"""The grpc.aio server: services, health, reflection, TLS, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from speechadapt.server.adaptation import AdaptationService
+from speechadapt.server.config import ServerConfig
+from speechadapt.server.models_service import ModelsService
+from speechadapt.server.recognizer import Admission, RecognizerService
+from speechadapt.server.registry import ModelRegistry
+from speechadapt.v1 import adaptation_pb2, adaptation_pb2_grpc, models_pb2, models_pb2_grpc, recognizer_pb2, recognizer_pb2_grpc
+
+log = logging.getLogger("speechadapt.server")
+
+SERVICES = (
+    recognizer_pb2.DESCRIPTOR.services_by_name["Recognizer"].full_name,
+    models_pb2.DESCRIPTOR.services_by_name["Models"].full_name,
+    adaptation_pb2.DESCRIPTOR.services_by_name["Adaptation"].full_name,
+)
+
+
+class SpeechServer:
+    """Build with a config, `await start()`, `port` is then the bound port; `await stop()`."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        torch.set_num_threads(config.threads or config.cores)
+        self.registry = ModelRegistry(config.model_store, config.default_model, config.device)
+        self.admission = Admission(config.max_streams)
+        self.executor = ThreadPoolExecutor(max_workers=config.workers or config.cores, thread_name_prefix="infer")
+        self.server: grpc.aio.Server | None = None
+        self.port: int | None = None
+
+    async def start(self) -> int:
+        opts = [
+            ("grpc.max_receive_message_length", self.config.max_message_bytes),
+            ("grpc.max_send_message_length", self.config.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(options=opts)
+        recognizer_pb2_grpc.add_RecognizerServicer_to_server(RecognizerService(self.registry, self.admission, self.executor), server)
+        models_pb2_grpc.add_ModelsServicer_to_server(ModelsService(self.registry), server)
+        adaptation_pb2_grpc.add_AdaptationServicer_to_server(AdaptationService(), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+        address = f"{self.config.host}:{self.config.port}"
+        if self.config.tls_cert:
+            creds = grpc.ssl_server_credentials([(self.config.tls_key.read_bytes(), self.config.tls_cert.read_bytes())])
+            self.port = server.add_secure_port(address, creds)
+        else:
+            self.port = server.add_insecure_port(address)
+        if not self.port:
+            raise OSError(f"cannot bind {address}")
+        await server.start()
+        for name in SERVICES + ("",):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.server = server
+        log.info("serving on %s:%d (%s), model store %s", self.config.host, self.port,
+                 "TLS" if self.config.tls_cert else "plaintext", self.config.model_store)
+        return self.port
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self.server is not None:
+            await self.server.stop(grace)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def _serve(config: ServerConfig) -> None:
+    srv = SpeechServer(config)
+    port = await srv.start()
+    print(f"speechadapt server listening on {config.host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await srv.stop()
+
+
+def run(config: ServerConfig) -> int:
+    """Serve until SIGINT or SIGTERM. Returns an exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config.model_store.mkdir(parents=True, exist_ok=True)
+    asyncio.run(_serve(config))
+    return 0
+
+
+__all__ = ["ServerConfig", "SpeechServer", "run"]

@@ -1,0 +1,141 @@
+"""The Recognizer service: StreamingRecognize and Recognize."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from concurrent.futures import Executor
+
+import grpc
+
+from speechadapt.asr import ModelNotFound, PackageError
+from speechadapt.asr.audio import decode_container, pcm16_to_float
+from speechadapt.server.options import (
+    InvalidRequest, check_config, check_language, check_streaming_config,
+)
+from speechadapt.server.registry import ModelRegistry
+from speechadapt.server.session import RecognitionSession, duration
+from speechadapt.v1 import recognizer_pb2 as pb
+from speechadapt.v1 import recognizer_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+
+class Admission:
+    """Counts concurrent recognitions; beyond the limit callers get RESOURCE_EXHAUSTED."""
+
+    def __init__(self, limit: int):
+        self.limit, self.active = limit, 0
+
+    @contextlib.asynccontextmanager
+    async def slot(self, context: grpc.aio.ServicerContext):
+        if self.active >= self.limit:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the server is at its limit of {self.limit} concurrent recognitions; retry later",
+            )
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+
+
+async def _model_for(registry: ModelRegistry, opts, context):
+    try:
+        model = await registry.get(opts.model)
+        check_language(opts, model.card.language, model.name)
+        return model
+    except (InvalidRequest, ValueError) as e:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+    except ModelNotFound as e:
+        await context.abort(grpc.StatusCode.NOT_FOUND, str(e.args[0]))
+    except PackageError as e:
+        log.error("model package rejected: %s", e)
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"model cannot be loaded: {e}")
+
+
+class RecognizerService(pb_grpc.RecognizerServicer):
+    def __init__(self, registry: ModelRegistry, admission: Admission, executor: Executor):
+        self.registry, self.admission, self.executor = registry, admission, executor
+
+    async def StreamingRecognize(self, request_iterator, context):
+        async with self.admission.slot(context):
+            requests = request_iterator.__aiter__()
+            try:
+                first = await requests.__anext__()
+            except StopAsyncIteration:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty stream: send a streaming_config, then audio_content")
+            if first.WhichOneof("streaming_request") != "streaming_config":
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "the first message must carry streaming_config; send the config first, then audio_content",
+                )
+            try:
+                opts = check_streaming_config(first.streaming_config)
+            except InvalidRequest as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            model = await _model_for(self.registry, opts, context)
+            session = RecognitionSession(model, opts, self.executor)
+            await context.send_initial_metadata((("x-speechadapt-model", model.name),))
+            first_response = True
+
+            def response(results, event=pb.StreamingRecognizeResponse.SPEECH_EVENT_UNSPECIFIED):
+                nonlocal first_response
+                msg = pb.StreamingRecognizeResponse(results=results, speech_event_type=event)
+                if first_response:
+                    msg.model, first_response = model.name, False
+                return msg
+
+            try:
+                async for req in requests:
+                    if req.WhichOneof("streaming_request") == "streaming_config":
+                        raise InvalidRequest("streaming_config may only be sent once, in the first message; then send audio_content")
+                    results = await session.accept(req.audio_content)
+                    if session.done:
+                        yield response([], pb.StreamingRecognizeResponse.END_OF_SINGLE_UTTERANCE)
+                        yield response(results)
+                        return
+                    if results:
+                        yield response(results)
+                results = await session.finish()
+                if results:
+                    yield response(results)
+            except InvalidRequest as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+
+    async def Recognize(self, request, context):
+        async with self.admission.slot(context):
+            try:
+                opts = check_config(request.config, streaming=False)
+                if not request.audio_content:
+                    raise InvalidRequest("audio_content is empty: send the audio bytes")
+            except InvalidRequest as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            model = await _model_for(self.registry, opts, context)
+            session = RecognitionSession(model, opts, self.executor)
+            try:
+                if opts.encoding == pb.LINEAR16:
+                    samples, rate = pcm16_to_float(request.audio_content, opts.channels), opts.sample_rate
+                else:
+                    samples, rate, channels = decode_container(request.audio_content, sample_rate=None)
+                    if opts.sample_rate and opts.sample_rate != rate:
+                        raise InvalidRequest(f"config.sample_rate_hertz {opts.sample_rate} does not match the file's {rate}; set 0 or {rate}")
+                    if opts.channels and opts.channels != channels:
+                        raise InvalidRequest(f"config.audio_channel_count {opts.channels} does not match the file's {channels}")
+                    if not 8000 <= rate <= 48000:
+                        raise InvalidRequest(f"the file's sample rate {rate} is outside 8000..48000")
+                session.accept_samples(samples, rate)
+                results = await session.finish()
+            except ValueError as e:  # InvalidRequest included
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            return pb.RecognizeResponse(
+                results=[
+                    pb.SpeechRecognitionResult(
+                        alternatives=r.alternatives, result_start_offset=r.result_start_offset, result_end_offset=r.result_end_offset
+                    )
+                    for r in results
+                ],
+                model=model.name,
+                total_audio=duration(len(samples) / rate),
+            )

@@ -1,0 +1,119 @@
+"""One recognition: request audio in, result messages out (streaming and unary share it)."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+
+import numpy as np
+from google.protobuf.duration_pb2 import Duration
+
+from speechadapt.asr import AsrModel, Hypothesis, Stream
+from speechadapt.asr.streaming import decode_streams
+from speechadapt.server.audio_input import AudioInput
+from speechadapt.server.options import InvalidRequest, RecognitionOptions
+from speechadapt.v1 import recognizer_pb2 as pb
+
+
+def duration(seconds: float) -> Duration:
+    d = Duration()
+    d.FromNanoseconds(int(round(seconds * 1e9)))
+    return d
+
+
+def alternative(hyp: Hypothesis, words: bool) -> pb.SpeechRecognitionAlternative:
+    alt = pb.SpeechRecognitionAlternative(transcript=hyp.text, confidence=hyp.confidence)
+    if words:
+        alt.words.extend(
+            pb.WordInfo(word=w.word, start_offset=duration(w.start), end_offset=duration(w.end), confidence=w.confidence)
+            for w in hyp.words
+        )
+    return alt
+
+
+def common_prefix_ratio(old: str, new: str) -> float:
+    n = 0
+    for a, b in zip(old, new):
+        if a != b:
+            break
+        n += 1
+    return n / len(new) if new else 0.0
+
+
+class RecognitionSession:
+    """Feed audio, get `StreamingRecognitionResult`s. `done` is set once a single utterance ended."""
+
+    def __init__(self, model: AsrModel, opts: RecognitionOptions, executor: Executor | None = None):
+        self.model, self.opts, self.executor = model, opts, executor
+        self.input = AudioInput(opts)
+        self.stream: Stream | None = None
+        self.done = False
+        self.finals = 0
+        self._last_interim = ""
+
+    async def accept(self, data: bytes) -> list[pb.StreamingRecognitionResult]:
+        if self.done:
+            return []
+        self.accept_samples(self.input.feed(data))
+        return await self._drain()
+
+    def accept_samples(self, samples: np.ndarray, rate: int | None = None) -> None:
+        if self.stream is None and (rate or self.input.ready):
+            self.stream = Stream(self.model, rate or self.input.rate, self.opts.endpoint)
+        if self.stream is not None and len(samples):
+            self.stream.accept_waveform(samples)
+
+    async def finish(self) -> list[pb.StreamingRecognitionResult]:
+        """End of audio: the rest of the audio is decoded and a last final given."""
+        if self.done:
+            return []
+        if self.stream is None or self.stream.samples_in == 0:
+            raise InvalidRequest("no audio received: send audio_content after the config (at least one non-empty chunk)")
+        self.stream.input_finished()
+        out = await self._drain()
+        if not self.done:
+            hyp = self.stream.result()
+            if hyp.text or self.finals == 0:
+                out.append(self._final(hyp))
+        return out
+
+    async def _drain(self) -> list[pb.StreamingRecognitionResult]:
+        s, out = self.stream, []
+        if s is None:
+            return out
+        loop = asyncio.get_running_loop()
+        while s.is_ready():
+            await loop.run_in_executor(self.executor, decode_streams, [s])
+            if s.is_endpoint():
+                out.append(self._final(s.result()))
+                s.reset()
+                if self.opts.single_utterance:
+                    self.done = True
+                    return out
+            elif s.is_idle():
+                s.reset()
+        if self.opts.interim_results:
+            hyp = s.result()
+            if hyp.text and hyp.text != self._last_interim:
+                out.append(
+                    pb.StreamingRecognitionResult(
+                        alternatives=[alternative(hyp, False)],
+                        is_final=False,
+                        stability=common_prefix_ratio(self._last_interim, hyp.text),
+                        result_start_offset=duration(hyp.start),
+                        result_end_offset=duration(hyp.end),
+                    )
+                )
+                self._last_interim = hyp.text
+        return out
+
+    def _final(self, hyp: Hypothesis) -> pb.StreamingRecognitionResult:
+        self.finals += 1
+        self._last_interim = ""
+        return pb.StreamingRecognitionResult(
+            alternatives=[alternative(hyp, self.opts.word_time_offsets)],
+            is_final=True,
+            stability=1.0,
+            result_start_offset=duration(hyp.start),
+            result_end_offset=duration(hyp.end),
+        )

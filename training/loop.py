@@ -1,0 +1,204 @@
+"""The CTC training loop shared by pretraining, adaptation and tests.
+
+One `TrainConfig` decides the modules and schedule; `Trainer` holds the model,
+optimiser and data, steps it, evaluates on a dev set and keeps the best state by
+dev WER (the SpeechBrain-recipe pattern). Distributed wrappers (Ray Train) drive
+the same `Trainer.step`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from speechbrain.utils.dynamic_chunk_training import DynChunkTrainConfig
+
+from speechadapt.asr.audio import load_audio
+from speechadapt.asr.decoding import greedy_decode
+from speechadapt.asr.evaluate import error_rates
+from speechadapt.asr.features import FeatureConfig, fbank
+from speechadapt.asr.manifest import read_manifest
+from speechadapt.asr.model import ConformerCTC, ModelConfig
+from speechadapt.asr.text import CharTokenizer, normalize_text
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    max_steps: int = 1000
+    max_minutes: float = 0.0  # 0 = no time budget
+    batch_frames: int = 12000  # fbank frames per batch (x 10 ms)
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-2
+    warmup_steps: int = 100
+    grad_clip: float = 5.0
+    eval_every: int = 100
+    # SpecAugment
+    time_masks: int = 2
+    time_mask_frames: int = 30
+    freq_masks: int = 2
+    freq_mask_bins: int = 12
+    # Dynamic chunk training: chunk sizes (encoder frames) and left context (chunks); some batches full context.
+    chunk_min: int = 4
+    chunk_max: int = 16
+    left_chunks_choices: tuple = (1, 2, 4, 8)
+    full_context_prob: float = 0.25
+    seed: int = 0
+
+
+@dataclass
+class Example:
+    feats: torch.Tensor  # (T, n_mels)
+    targets: list[int]
+    text: str
+
+
+def load_examples(manifest: str | Path, tokenizer: CharTokenizer, features: FeatureConfig) -> list[Example]:
+    out = []
+    for u in read_manifest(manifest):
+        text = normalize_text(u.text)
+        out.append(Example(fbank(load_audio(u.audio, features.sample_rate), features), tokenizer.encode(text), text))
+    return out
+
+
+def feature_stats(examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+    allf = torch.cat([e.feats for e in examples])
+    return allf.mean(0), allf.std(0).clamp_min(1e-3)
+
+
+def make_batches(examples: list[Example], batch_frames: int, rng: random.Random) -> list[list[Example]]:
+    """Length-bucketed batches of about `batch_frames` padded frames, in random order."""
+    order = sorted(examples, key=lambda e: e.feats.shape[0] + rng.random())
+    batches, cur = [], []
+    for e in order:
+        if cur and (len(cur) + 1) * e.feats.shape[0] > batch_frames:
+            batches.append(cur)
+            cur = []
+        cur.append(e)
+    if cur:
+        batches.append(cur)
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(batch: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([e.feats.shape[0] for e in batch])
+    feats = torch.zeros(len(batch), int(lengths.max()), batch[0].feats.shape[1])
+    for i, e in enumerate(batch):
+        feats[i, : e.feats.shape[0]] = e.feats
+    targets = torch.tensor([t for e in batch for t in e.targets], dtype=torch.long)
+    target_lengths = torch.tensor([len(e.targets) for e in batch])
+    return feats, lengths, targets, target_lengths
+
+
+def spec_augment(feats: torch.Tensor, lengths: torch.Tensor, fill: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    feats = feats.clone()
+    for i, n in enumerate(lengths.tolist()):
+        for _ in range(cfg.time_masks):
+            w = int(torch.randint(0, cfg.time_mask_frames + 1, (1,), generator=gen))
+            s = int(torch.randint(0, max(1, n - w), (1,), generator=gen))
+            feats[i, s : s + w] = fill
+        for _ in range(cfg.freq_masks):
+            w = int(torch.randint(0, cfg.freq_mask_bins + 1, (1,), generator=gen))
+            s = int(torch.randint(0, max(1, feats.shape[2] - w), (1,), generator=gen))
+            feats[i, :, s : s + w] = fill[s : s + w]
+    return feats
+
+
+def sample_chunk(cfg: TrainConfig, rng: random.Random) -> DynChunkTrainConfig | None:
+    if rng.random() < cfg.full_context_prob:
+        return None
+    return DynChunkTrainConfig(rng.randint(cfg.chunk_min, cfg.chunk_max), rng.choice(cfg.left_chunks_choices))
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup then cosine decay to 5% of the peak."""
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    p = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+@torch.inference_mode()
+def dev_wer(net: ConformerCTC, examples: list[Example], tokenizer: CharTokenizer) -> float:
+    was = net.training
+    net.eval()
+    hyps = []
+    for e in examples:
+        logits, _ = net(e.feats[None], torch.tensor([e.feats.shape[0]]), net.cfg.streaming())
+        hyps.append(greedy_decode(logits[0], tokenizer, net.cfg.frame_seconds).text)
+    net.train(was)
+    return error_rates([e.text for e in examples], hyps)[0]
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, net: ConformerCTC, tokenizer: CharTokenizer, train: list[Example], dev: list[Example]):
+        self.cfg, self.net, self.tokenizer, self.train_set, self.dev_set = cfg, net, tokenizer, train, dev
+        self.rng = random.Random(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        params = [p for p in net.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.step_no = 0
+        self.best_wer = float("inf")
+        self.best_state: dict | None = None
+        self.history: list[dict] = []
+        self._batches: list[list[Example]] = []
+
+    def next_batch(self) -> list[Example]:
+        if not self._batches:
+            self._batches = make_batches(self.train_set, self.cfg.batch_frames, self.rng)
+        return self._batches.pop()
+
+    def step(self) -> float:
+        """One optimiser step; returns the CTC loss."""
+        self.net.train()
+        feats, lengths, targets, target_lengths = collate(self.next_batch())
+        feats = spec_augment(feats, lengths, self.net.feat_mean, self.cfg, self.gen)
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(self.step_no, self.cfg) * g.get("lr_scale", 1.0)
+        logits, out_len = self.net(feats, lengths, sample_chunk(self.cfg, self.rng))
+        loss = F.ctc_loss(
+            logits.log_softmax(-1).transpose(0, 1), targets, out_len, target_lengths,
+            blank=self.tokenizer.blank, zero_infinity=True,
+        )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        self.step_no += 1
+        return float(loss)
+
+    def evaluate(self) -> float:
+        wer = dev_wer(self.net, self.dev_set, self.tokenizer)
+        if wer < self.best_wer:
+            self.best_wer = wer
+            self.best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        return wer
+
+    def run(self, on_event: Callable[[dict], None] | None = None) -> float:
+        """Train to the step or time budget, evaluating every `eval_every` steps; load the best state. Returns best dev WER."""
+        t0 = time.monotonic()
+        losses: list[float] = []
+        while self.step_no < self.cfg.max_steps:
+            losses.append(self.step())
+            out_of_time = self.cfg.max_minutes and time.monotonic() - t0 > self.cfg.max_minutes * 60
+            if self.step_no % self.cfg.eval_every == 0 or self.step_no == self.cfg.max_steps or out_of_time:
+                wer = self.evaluate()
+                event = {"step": self.step_no, "total_steps": self.cfg.max_steps, "loss": sum(losses) / len(losses),
+                         "dev_wer": wer, "elapsed_s": time.monotonic() - t0}
+                self.history.append(event)
+                losses.clear()
+                if on_event:
+                    on_event(event)
+            if out_of_time:
+                break
+        if self.best_state is not None:
+            self.net.load_state_dict(self.best_state)
+        return self.best_wer
