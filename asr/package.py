@@ -106,7 +106,10 @@ def load_package(folder: str | Path, device: str = "cpu") -> tuple[ModelCard, Co
     verify(folder, card)
     cfg = ModelConfig.from_dict(card.hparams)
     net = ConformerCTC(cfg)
-    state = load_file(str(folder / WEIGHTS), device=device)
+    try:
+        state = load_file(str(folder / WEIGHTS), device=device)
+    except Exception as e:  # safetensors raises its own error types for malformed files
+        raise PackageError(f"{folder / WEIGHTS} is not a valid safetensors file: {e}") from e
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise PackageError(f"{folder}: weights do not fit the architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
