@@ -10,9 +10,7 @@ import grpc
 
 from speechadapt.asr import ModelNotFound, PackageError
 from speechadapt.asr.audio import decode_container, pcm16_to_float
-from speechadapt.server.options import (
-    InvalidRequest, check_config, check_language, check_streaming_config,
-)
+from speechadapt.server.options import InvalidRequest, check_config, check_language, check_streaming_config
 from speechadapt.server.registry import ModelRegistry
 from speechadapt.server.session import RecognitionSession, duration
 from speechadapt.v1 import recognizer_pb2 as pb
@@ -46,13 +44,13 @@ async def _model_for(registry: ModelRegistry, opts, context):
         model = await registry.get(opts.model)
         check_language(opts, model.card.language, model.name)
         return model
-    except (InvalidRequest, ValueError) as e:
+    except PackageError as e:  # before ValueError, its base
+        log.error("model package rejected: %s", e)
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"model cannot be loaded: {e}")
+    except ValueError as e:  # InvalidRequest, or a malformed reference
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
     except ModelNotFound as e:
         await context.abort(grpc.StatusCode.NOT_FOUND, str(e.args[0]))
-    except PackageError as e:
-        log.error("model package rejected: %s", e)
-        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"model cannot be loaded: {e}")
 
 
 class RecognizerService(pb_grpc.RecognizerServicer):
