@@ -1,0 +1,125 @@
+"""Plumbing shared by the sync and asyncio clients: credentials, configs, request streams."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from speechadapt.client.audio import aiter_chunks
+from speechadapt.client.types import StreamConfig
+from speechadapt.v1 import recognizer_pb2
+
+Config = StreamConfig | recognizer_pb2.StreamingRecognitionConfig
+
+
+def channel_credentials(tls: bool, root_certificates: bytes | str | Path | None) -> grpc.ChannelCredentials | None:
+    """TLS credentials when `tls` or root certificates are given, else None (plaintext).
+
+    `root_certificates` is PEM bytes or the path of a PEM file; without it the
+    system's trusted roots are used.
+    """
+    if root_certificates is None:
+        return grpc.ssl_channel_credentials() if tls else None
+    if isinstance(root_certificates, (bytes, bytearray)):
+        pem = bytes(root_certificates)
+    elif isinstance(root_certificates, str) and root_certificates.lstrip().startswith("-----BEGIN"):
+        pem = root_certificates.encode()
+    else:
+        p = Path(root_certificates)
+        if not p.is_file():
+            raise FileNotFoundError(f"CA certificate file not found: {p} (give the PEM the server's certificate chains to)")
+        pem = p.read_bytes()
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise ValueError("root_certificates is not a PEM certificate (no '-----BEGIN CERTIFICATE-----' line)")
+    return grpc.ssl_channel_credentials(root_certificates=pem)
+
+
+def check_target(target: str) -> str:
+    """A non-empty "host:port" (or any gRPC target URI)."""
+    if not isinstance(target, str) or not target.strip():
+        raise ValueError("target must be a gRPC address such as '127.0.0.1:50051'")
+    return target.strip()
+
+
+def streaming_config(config: Config) -> recognizer_pb2.StreamingRecognitionConfig:
+    """A StreamConfig or a ready StreamingRecognitionConfig as the proto."""
+    if isinstance(config, StreamConfig):
+        return config.to_proto()
+    if isinstance(config, recognizer_pb2.StreamingRecognitionConfig):
+        if config.config.encoding == recognizer_pb2.FLAC:
+            raise ValueError("FLAC is for recognize() only; stream LINEAR16 or WAV")
+        return config
+    raise TypeError(f"config must be a StreamConfig or a StreamingRecognitionConfig, not {type(config).__name__}")
+
+
+def file_config(sample_rate: int, channels: int, config: dict[str, Any]) -> StreamConfig:
+    """The StreamConfig for a decoded file sent as LINEAR16; `config` holds the caller's other fields."""
+    for key in ("sample_rate_hertz", "audio_channel_count", "encoding"):
+        if key in config:
+            raise TypeError(f"{key} comes from the audio file; do not pass it")
+    unknown = set(config) - set(StreamConfig.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown config option(s): {', '.join(sorted(unknown))}; "
+                        f"see StreamConfig for the valid ones")
+    return StreamConfig(sample_rate_hertz=sample_rate, audio_channel_count=channels, **config)
+
+
+def check_chunk(chunk: Any) -> bytes:
+    """An audio chunk as bytes; anything but bytes-like is a caller error."""
+    if isinstance(chunk, bytes):
+        return chunk
+    if isinstance(chunk, (bytearray, memoryview)):
+        return bytes(chunk)
+    raise TypeError(f"audio chunks must be bytes (LINEAR16 or WAV data), not {type(chunk).__name__}")
+
+
+class RequestFeed:
+    """The request side of a StreamingRecognize call: the config, then one request per chunk.
+
+    An error raised by the chunk iterator is kept in `error` (and the stream
+    half-closed) so the caller can re-raise it instead of a bare CANCELLED.
+    Setting `stopped` (e.g. after END_OF_SINGLE_UTTERANCE) stops reading chunks.
+    """
+
+    def __init__(self, config: Config):
+        self.config = streaming_config(config)
+        self.error: BaseException | None = None
+        self.stopped = False
+
+    def first(self) -> recognizer_pb2.StreamingRecognizeRequest:
+        return recognizer_pb2.StreamingRecognizeRequest(streaming_config=self.config)
+
+    @staticmethod
+    def audio(chunk: Any) -> recognizer_pb2.StreamingRecognizeRequest:
+        return recognizer_pb2.StreamingRecognizeRequest(audio_content=check_chunk(chunk))
+
+    def sync(self, chunks: Iterable[bytes]) -> Iterator[recognizer_pb2.StreamingRecognizeRequest]:
+        yield self.first()
+        try:
+            for chunk in chunks:
+                if self.stopped:
+                    return
+                req = self.audio(chunk)
+                if req.audio_content:
+                    yield req
+        except Exception as e:  # re-raised by the client on the response side
+            self.error = e
+
+    async def aio(self, chunks: Iterable[bytes] | AsyncIterable[bytes]) -> AsyncIterator[recognizer_pb2.StreamingRecognizeRequest]:
+        yield self.first()
+        try:
+            async for chunk in aiter_chunks(chunks):
+                if self.stopped:
+                    return
+                req = self.audio(chunk)
+                if req.audio_content:
+                    yield req
+        except Exception as e:  # re-raised by the client on the response side
+            self.error = e
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error

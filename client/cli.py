@@ -1,0 +1,337 @@
+"""The `speechadapt` command line: transcribe, models, eval, serve, data synth.
+
+Client subcommands need only the light install. `eval`, `serve` and
+`data synth` import their (torch) modules inside the handler, so `--help` and
+the client stay light; without the server extra they exit 2 with a hint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+from speechadapt import __version__
+from speechadapt.client._sync import SpeechClient
+from speechadapt.client.types import ModelInfo, Result, SpeechAdaptError
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _error(msg: object, code: int) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return code
+
+
+def _needs_extra(cmd: str, err: ImportError) -> int:
+    print(f"speechadapt {cmd} needs the server extra: pip install 'speechadapt[server]'", file=sys.stderr)
+    print(f"({err})", file=sys.stderr)
+    return EXIT_USAGE
+
+
+# -- transcribe
+
+
+class _HumanPrinter:
+    """Finals as "[file] transcript"; interims overwrite one line on a TTY, else "partial: ..." lines."""
+
+    def __init__(self, out: TextIO):
+        self.out = out
+        self.tty = out.isatty()
+        self.shown = 0  # length of the partial line on screen
+
+    def result(self, file: str, r: Result) -> None:
+        if r.is_final:
+            self.clear()
+            print(f"[{file}] {r.transcript}", file=self.out, flush=True)
+        elif self.tty:
+            width = max(10, shutil.get_terminal_size().columns - 1)
+            line = r.transcript[-width:]  # the newest words when it does not fit
+            self.out.write("\r" + line + " " * max(0, self.shown - len(line)))
+            self.out.flush()
+            self.shown = len(line)
+        else:
+            print(f"partial: {r.transcript}", file=self.out, flush=True)
+
+    def clear(self) -> None:
+        if self.shown:
+            self.out.write("\r" + " " * self.shown + "\r")
+            self.out.flush()
+            self.shown = 0
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    missing = [f for f in args.files if not Path(f).is_file()]
+    if missing:
+        return _error(f"audio file not found: {missing[0]}", EXIT_USAGE)
+    human = None if args.json else _HumanPrinter(sys.stdout)
+    try:
+        with SpeechClient(args.server, tls=args.tls, root_certificates=args.ca_cert) as client:
+            for file in args.files:
+                results = client.stream_file(file, model=args.model, interim_results=args.interim,
+                                             realtime=args.realtime, phrases=args.phrase, boost=args.boost)
+                for r in results:
+                    if human is not None:
+                        human.result(file, r)
+                    elif r.is_final or args.interim:
+                        print(json.dumps(r.to_json(file), ensure_ascii=False), flush=True)
+                if human is not None:
+                    human.clear()
+    except SpeechAdaptError as e:
+        if human is not None:
+            human.clear()
+        return _error(e, EXIT_FAIL)
+    except (OSError, ValueError, TypeError) as e:
+        if human is not None:
+            human.clear()
+        return _error(e, EXIT_USAGE)
+    except KeyboardInterrupt:
+        if human is not None:
+            human.clear()
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+# -- models
+
+
+def _human_params(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n) if n else "-"
+
+
+def _model_rows(models: list[ModelInfo]) -> list[list[str]]:
+    rows = [["NAME", "VERSION", "ARCHITECTURE", "RATE", "PARAMS", "SOURCE", "DEFAULT", "METRICS"]]
+    for m in models:
+        metrics = " ".join(f"{k}={v:.3f}" for k, v in list(m.metrics.items())[:3])
+        rows.append([m.name, str(m.version), m.architecture or "-", str(m.sample_rate_hertz or "-"),
+                     _human_params(m.num_parameters), m.source or "-", "*" if m.is_default else "", metrics])
+    return rows
+
+
+def _print_table(rows: list[list[str]], out: TextIO) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
+
+
+def _print_model(m: ModelInfo, out: TextIO) -> None:
+    fields = [("model", m.ref + ("  (default)" if m.is_default else "")), ("architecture", m.architecture),
+              ("sample rate", f"{m.sample_rate_hertz} Hz"), ("language", m.language_code),
+              ("parameters", f"{m.num_parameters:,}"), ("source", m.source), ("created", m.create_time),
+              ("description", m.description)]
+    fields += [(f"lineage.{k}", v) for k, v in m.lineage.items()]
+    fields += [(f"metric {k}", f"{v:.4f}") for k, v in m.metrics.items()]
+    width = max(len(k) for k, _ in fields)
+    for k, v in fields:
+        if v:
+            print(f"{k.ljust(width)}  {v}", file=out)
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    try:
+        with SpeechClient(args.server, tls=args.tls, root_certificates=args.ca_cert) as client:
+            models = client.list_models(name=args.name, all_versions=args.all_versions)
+    except SpeechAdaptError as e:
+        return _error(e, EXIT_FAIL)
+    except (OSError, ValueError) as e:
+        return _error(e, EXIT_USAGE)
+    if args.json:
+        for m in models:
+            print(json.dumps(m.to_json(), ensure_ascii=False))
+    elif models:
+        _print_table(_model_rows(models), sys.stdout)
+    else:
+        print("no models", file=sys.stderr)
+    return EXIT_OK
+
+
+def _models_get(args: argparse.Namespace) -> int:
+    try:
+        with SpeechClient(args.server, tls=args.tls, root_certificates=args.ca_cert) as client:
+            m = client.get_model(args.ref)
+    except SpeechAdaptError as e:
+        return _error(e, EXIT_FAIL)
+    except (OSError, ValueError) as e:
+        return _error(e, EXIT_USAGE)
+    if args.json:
+        print(json.dumps(m.to_json(), ensure_ascii=False))
+    else:
+        _print_model(m, sys.stdout)
+    return EXIT_OK
+
+
+# -- eval, serve (in-process, need the server extra)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    try:
+        from speechadapt.asr import evaluate, load_model
+    except ImportError as e:
+        return _needs_extra("eval", e)
+    try:
+        model = load_model(args.model, store=args.model_store, device=args.device)
+        res = evaluate(model, args.manifest).as_dict()
+    except (ValueError, FileNotFoundError, LookupError) as e:
+        return _error(e, EXIT_USAGE)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"model       {args.model}")
+        print(f"WER         {100 * res['wer']:.2f} %")
+        print(f"CER         {100 * res['cer']:.2f} %")
+        print(f"utterances  {res['utterances']}")
+        print(f"audio       {res['audio_seconds']:.1f} s")
+        print(f"RTF         {res['rtf']:.3f}")
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from speechadapt.server.app import ServerConfig, run
+    except ImportError as e:
+        return _needs_extra("serve", e)
+    try:
+        config = ServerConfig(
+            host=args.host, port=args.port, model_store=Path(args.model_store), default_model=args.default_model,
+            tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+            tls_key=Path(args.tls_key) if args.tls_key else None,
+            max_streams=args.max_streams, max_message_bytes=args.max_message_mb * 1024 * 1024, device=args.device,
+        )
+        return run(config)
+    except ValueError as e:
+        return _error(e, EXIT_USAGE)
+    except OSError as e:
+        return _error(e, EXIT_FAIL)
+
+
+# -- parser
+
+
+def _positive_int(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
+def _port(text: str) -> int:
+    n = int(text)
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535, not {n}")
+    return n
+
+
+def _add_synth(data_sub: argparse._SubParsersAction) -> None:
+    """`data synth`, its options filled by speechadapt.training.synth (light) when it is importable."""
+    p = data_sub.add_parser("synth", help="synthesise a speech corpus (manifest + audio)")
+    try:
+        from speechadapt.training import synth
+    except ImportError as e:
+        p.description = f"Not available here: speechadapt.training.synth cannot be imported ({e})."
+        p.set_defaults(_handler=functools.partial(lambda err, _args: _needs_extra("data synth", err), e),
+                       _any_arguments=True)
+        return
+    synth.add_arguments(p)
+    p.set_defaults(_handler=synth.run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (reads SPEECHADAPT_SERVER for --server's default)."""
+    server_default = os.environ.get("SPEECHADAPT_SERVER") or DEFAULT_SERVER
+    conn = argparse.ArgumentParser(add_help=False)
+    conn.add_argument("--server", default=server_default, metavar="HOST:PORT",
+                      help=f"server address (default: $SPEECHADAPT_SERVER or {DEFAULT_SERVER}; now {server_default})")
+    conn.add_argument("--tls", action="store_true", help="connect with TLS (system root certificates)")
+    conn.add_argument("--ca-cert", metavar="PEM", help="CA certificate (PEM file) to trust; implies --tls")
+
+    parser = argparse.ArgumentParser(prog="speechadapt", description="Open speech adaptation platform: "
+                                     "streaming recognition client, model server, evaluation.")
+    parser.add_argument("--version", action="version", version=f"speechadapt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("transcribe", parents=[conn], help="transcribe audio files on a server (streaming)")
+    p.add_argument("files", nargs="+", metavar="FILE", help="audio files (any format soundfile reads, 8..48 kHz)")
+    p.add_argument("--model", default="", help="'name' or 'name@version' (default: the server's default model)")
+    p.add_argument("--interim", action="store_true", help="show interim (partial) results")
+    p.add_argument("--realtime", action="store_true", help="send audio at real-time speed, like a live source")
+    p.add_argument("--json", action="store_true", help="one JSON object per result per line")
+    p.add_argument("--phrase", action="extend", nargs="+", default=[], metavar="P",
+                   help="phrase to bias recognition towards (repeatable)")
+    p.add_argument("--boost", type=float, default=0.0, metavar="B",
+                   help="log-score bonus per matched phrase (default: the server's)")
+    p.set_defaults(_handler=_transcribe)
+
+    models = sub.add_parser("models", help="list and inspect the server's models")
+    msub = models.add_subparsers(dest="models_command", metavar="COMMAND", required=True)
+    p = msub.add_parser("list", parents=[conn], help="list the servable models")
+    p.add_argument("--json", action="store_true", help="one JSON object per model per line")
+    p.add_argument("--all-versions", action="store_true", help="every version, not only the newest of each name")
+    p.add_argument("--name", default="", help="only this model name")
+    p.set_defaults(_handler=_models_list)
+    p = msub.add_parser("get", parents=[conn], help="show one model")
+    p.add_argument("ref", metavar="REF", help="'name' (newest version) or 'name@version'")
+    p.add_argument("--json", action="store_true", help="print the model as one JSON object")
+    p.set_defaults(_handler=_models_get)
+
+    p = sub.add_parser("eval", help="word/character error rate of a model on a manifest (in-process)")
+    p.add_argument("--model", required=True, metavar="NAME|PATH", help="model package folder or 'name[@version]'")
+    p.add_argument("--model-store", default=None, metavar="DIR", help="model store to resolve names in")
+    p.add_argument("--manifest", required=True, metavar="FILE", help="JSONL manifest: {audio, text} per line")
+    p.add_argument("--json", action="store_true", help='print {"wer","cer","utterances","audio_seconds","rtf"}')
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.set_defaults(_handler=_eval)
+
+    p = sub.add_parser("serve", help="run the gRPC recognition server")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=50051, help="port (default: 50051; 0 picks a free one)")
+    p.add_argument("--model-store", default="./models", metavar="DIR", help="model store (default: ./models)")
+    p.add_argument("--default-model", default=None, metavar="REF", help="model for requests that name none")
+    p.add_argument("--tls-cert", metavar="PEM", help="server certificate chain (with --tls-key)")
+    p.add_argument("--tls-key", metavar="PEM", help="server private key (with --tls-cert)")
+    p.add_argument("--max-streams", type=_positive_int, default=64, metavar="N",
+                   help="concurrent recognitions (default: 64)")
+    p.add_argument("--max-message-mb", type=_positive_int, default=8, metavar="N",
+                   help="largest gRPC message in MiB (default: 8)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.set_defaults(_handler=_serve, _check=functools.partial(_check_serve, parser=p))
+
+    data = sub.add_parser("data", help="prepare training and evaluation data")
+    _add_synth(data.add_subparsers(dest="data_command", metavar="COMMAND", required=True))
+    return parser
+
+
+def _check_serve(args: argparse.Namespace, *, parser: argparse.ArgumentParser) -> None:
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together; give both or neither")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 failed call, 2 bad input or missing extra, 130 interrupted)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "_any_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    check: Callable | None = getattr(args, "_check", None)
+    if check is not None:
+        check(args)
+    try:
+        return int(args._handler(args) or 0)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `speechadapt models list --json | head -1`
+        sys.stdout = open(os.devnull, "w")
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""The client library and CLI against a real server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import jiwer
+import pytest
+import soundfile as sf
+
+from conftest import with_silence
+from speechadapt.client import AsyncSpeechClient, SpeechAdaptError, SpeechClient
+
+SA = [sys.executable, "-m", "speechadapt.client.cli"]
+
+
+@pytest.fixture(scope="module")
+def two_utterances(tmp_path_factory, clean_utterances):
+    """A 44.1 kHz stereo FLAC file with two utterances and silence between (the server resamples and downmixes)."""
+    import numpy as np
+    import torch
+    import torchaudio.functional as AF
+
+    utts = clean_utterances[:2]
+    x = torch.from_numpy(with_silence(utts).astype(np.float32) / 32768)
+    y = AF.resample(x, 16000, 44100).numpy()
+    path = tmp_path_factory.mktemp("audio") / "two.flac"
+    sf.write(path, np.stack([y, y], 1), 44100)
+    return path, [t for _, t in utts]
+
+
+def cli(*args, timeout=120):
+    return subprocess.run(SA + list(args), capture_output=True, text=True, timeout=timeout)
+
+
+def test_sync_client_stream_file_and_recognize(server, two_utterances):
+    path, refs = two_utterances
+    with SpeechClient(server.address) as client:
+        results = list(client.stream_file(path, interim_results=True))
+        unary = client.recognize(path)
+        models = client.list_models()
+        info = client.get_model("tiny@1")
+    finals = [r for r in results if r.is_final]
+    assert [r.model for r in results][0] == "tiny@1"
+    assert jiwer.wer(refs, [r.transcript for r in finals]) <= 0.25
+    assert any(not r.is_final for r in results)
+    assert [w.word for w in finals[0].words] == finals[0].transcript.split()
+    assert [r.transcript for r in unary] == [r.transcript for r in finals]
+    assert [m.ref for m in models] == ["tiny@1"] and models[0].is_default
+    assert info.ref == "tiny@1" and info.architecture == "conformer-ctc"
+
+
+def test_async_client(server, two_utterances):
+    path, refs = two_utterances
+
+    async def main():
+        async with AsyncSpeechClient(server.address) as client:
+            finals = [r.transcript async for r in client.stream_file(path) if r.is_final]
+            models = await client.list_models()
+            return finals, models
+
+    finals, models = asyncio.run(main())
+    assert jiwer.wer(refs, finals) <= 0.25 and models[0].name == "tiny"
+
+
+def test_client_errors_carry_code_and_message(server, two_utterances):
+    path, _ = two_utterances
+    with SpeechClient(server.address) as client:
+        with pytest.raises(SpeechAdaptError) as e:
+            list(client.stream_file(path, model="ghost"))
+    assert e.value.code == "NOT_FOUND" and "ghost" in str(e.value)
+
+
+def test_cli_transcribe_json_contract(server, two_utterances):
+    path, refs = two_utterances
+    proc = cli("transcribe", str(path), "--server", server.address, "--json", "--interim")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert all(set(d) == {"file", "is_final", "transcript", "confidence", "stability", "words"} for d in lines)
+    finals = [d for d in lines if d["is_final"]]
+    assert jiwer.wer(refs, [d["transcript"] for d in finals]) <= 0.25
+    assert all(set(w) == {"word", "start", "end"} and w["start"] < w["end"] for d in finals for w in d["words"])
+    assert any(not d["is_final"] for d in lines) and {d["file"] for d in lines} == {str(path)}
+
+
+def test_cli_transcribe_human_and_errors(server, two_utterances):
+    path, refs = two_utterances
+    proc = cli("transcribe", str(path), "--server", server.address)
+    assert proc.returncode == 0, proc.stderr
+    assert jiwer.wer(" ".join(refs), " ".join(l.split("] ", 1)[1] for l in proc.stdout.splitlines())) <= 0.25
+    bad = cli("transcribe", str(path), "--server", server.address, "--model", "tiny@9")
+    assert bad.returncode == 1 and "NOT_FOUND" in bad.stderr and "no version 9" in bad.stderr
+    missing = cli("transcribe", "/nonexistent.wav", "--server", server.address)
+    assert missing.returncode == 2 and "nonexistent.wav" in missing.stderr
+
+
+def test_cli_models_list(server):
+    proc = cli("models", "list", "--server", server.address, "--json")
+    assert proc.returncode == 0, proc.stderr
+    (m,) = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert (m["name"], m["version"], m["architecture"]) == ("tiny", 1, "conformer-ctc")
+    human = cli("models", "list", "--server", server.address)
+    assert "tiny" in human.stdout and "conformer-ctc" in human.stdout
+
+
+def test_cli_eval_json(tiny):
+    proc = cli("eval", "--model", "tiny", "--model-store", str(tiny.store), "--manifest", str(tiny.dev_manifest), "--json")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert set(res) == {"wer", "cer", "utterances", "audio_seconds", "rtf"}
+    assert res["utterances"] == 20 and res["wer"] <= 0.3 and res["cer"] < res["wer"] + 0.1 and 0 < res["rtf"] < 1
+    by_path = cli("eval", "--model", str(tiny.store / "tiny" / "1"), "--manifest", str(tiny.dev_manifest), "--json")
+    assert json.loads(by_path.stdout)["wer"] == res["wer"]
+    bad = cli("eval", "--model", "ghost", "--model-store", str(tiny.store), "--manifest", str(tiny.dev_manifest))
+    assert bad.returncode == 2 and "ghost" in bad.stderr
+
+
+def test_cli_serve_starts_a_real_server(tiny, two_utterances):
+    path, refs = two_utterances
+    proc = subprocess.Popen(SA + ["serve", "--port", "0", "--model-store", str(tiny.store)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = ""
+        for line in proc.stdout:
+            if "listening on" in line:
+                break
+        address = line.strip().rsplit(" ", 1)[-1]
+        assert address.startswith("127.0.0.1:"), line
+        with SpeechClient(address) as client:
+            finals = [r.transcript for r in client.stream_file(path) if r.is_final]
+        assert jiwer.wer(refs, finals) <= 0.25
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
