@@ -8,7 +8,7 @@ DEMO_DIR ?= .cache/demo
 .PHONY: install system-deps test demo proto proto-check bench clean
 
 system-deps:
-	@command -v espeak-ng >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng; }
+	@{ command -v espeak-ng && test -f /usr/share/dict/words; } >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng wamerican; }
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)

@@ -1,14 +1,27 @@
 """The speech science shared by serving and training: audio, features, tokenizer,
-model, package format, decoding and streaming."""
+model, package format, decoding and streaming.
 
-from speechadapt.asr.decoding import Hypothesis, Word
-from speechadapt.asr.evaluate import EvalResult, evaluate
-from speechadapt.asr.inference import AsrModel, load_model
-from speechadapt.asr.package import PackageError
-from speechadapt.asr.store import ModelNotFound, ModelStore
-from speechadapt.asr.streaming import EndpointConfig, Stream
+Names are imported on first use, so light modules (`speechadapt.asr.text`) load without torch.
+"""
 
-__all__ = [
-    "AsrModel", "EndpointConfig", "EvalResult", "Hypothesis", "ModelNotFound", "ModelStore",
-    "PackageError", "Stream", "Word", "evaluate", "load_model",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Hypothesis": "decoding", "Word": "decoding",
+    "EvalResult": "evaluate", "evaluate": "evaluate",
+    "AsrModel": "inference", "load_model": "inference",
+    "PackageError": "package",
+    "ModelNotFound": "store", "ModelStore": "store",
+    "EndpointConfig": "streaming", "Stream": "streaming",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"speechadapt.asr.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'speechadapt.asr' has no attribute {name!r}")

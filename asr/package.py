@@ -13,7 +13,6 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from speechadapt.asr.features import FeatureConfig

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import json
 import os
 import shutil
@@ -231,18 +232,22 @@ def _port(text: str) -> int:
     return n
 
 
-def _add_synth(data_sub: argparse._SubParsersAction) -> None:
-    """`data synth`, its options filled by speechadapt.training.synth (light) when it is importable."""
-    p = data_sub.add_parser("synth", help="synthesise a speech corpus (manifest + audio)")
+def _add_delegated(sub: argparse._SubParsersAction, name: str, module: str, help_: str, cmd: str) -> None:
+    """A subcommand whose options and handler live in a light speechadapt.training module
+    (`add_arguments(parser)`, `run(args)`), so building the parser never imports torch or ray."""
+    p = sub.add_parser(name, help=help_)
     try:
-        from speechadapt.training import synth
+        mod = importlib.import_module(module)
     except ImportError as e:
-        p.description = f"Not available here: speechadapt.training.synth cannot be imported ({e})."
-        p.set_defaults(_handler=functools.partial(lambda err, _args: _needs_extra("data synth", err), e),
-                       _any_arguments=True)
+        p.description = f"Not available here: {module} cannot be imported ({e})."
+        p.set_defaults(_handler=functools.partial(lambda err, _args: _needs_extra(cmd, err), e), _any_arguments=True)
         return
-    synth.add_arguments(p)
-    p.set_defaults(_handler=synth.run)
+    mod.add_arguments(p)
+    p.set_defaults(_handler=mod.run)
+
+
+def _add_synth(data_sub: argparse._SubParsersAction) -> None:
+    _add_delegated(data_sub, "synth", "speechadapt.training.synth", "synthesise a speech corpus (manifest + audio)", "data synth")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="prepare training and evaluation data")
     _add_synth(data.add_subparsers(dest="data_command", metavar="COMMAND", required=True))
+    _add_delegated(sub, "pretrain", "speechadapt.training.pretrain",
+                   "pretrain a model as a Ray Train job (--config FILE)", "pretrain")
     return parser
 
 

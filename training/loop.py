@@ -98,6 +98,17 @@ def collate(batch: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return feats, lengths, targets, target_lengths
 
 
+def shard_batches(batches: list[list[Example]], rank: int, world_size: int) -> list[list[Example]]:
+    """This rank's share of one epoch's batches: every rank gets the same number (a remainder is dropped;
+    fewer batches than ranks are repeated), so ranks that share an RNG stay in lockstep."""
+    if world_size <= 1:
+        return batches
+    if len(batches) < world_size:
+        batches = (batches * world_size)[:world_size]
+    n = len(batches) - len(batches) % world_size
+    return batches[:n][rank::world_size]
+
+
 def spec_augment(feats: torch.Tensor, lengths: torch.Tensor, fill: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
     feats = feats.clone()
     for i, n in enumerate(lengths.tolist()):
@@ -127,20 +138,33 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 @torch.inference_mode()
-def dev_wer(net: ConformerCTC, examples: list[Example], tokenizer: CharTokenizer) -> float:
+def transcribe_examples(net: ConformerCTC, examples: list[Example], tokenizer: CharTokenizer) -> list[str]:
+    """Greedy hypotheses with the streaming chunk mask, on the model's device."""
     was = net.training
     net.eval()
+    device = net.feat_mean.device
     hyps = []
     for e in examples:
-        logits, _ = net(e.feats[None], torch.tensor([e.feats.shape[0]]), net.cfg.streaming())
-        hyps.append(greedy_decode(logits[0], tokenizer, net.cfg.frame_seconds).text)
+        logits, _ = net(e.feats[None].to(device), torch.tensor([e.feats.shape[0]], device=device), net.cfg.streaming())
+        hyps.append(greedy_decode(logits[0].cpu(), tokenizer, net.cfg.frame_seconds).text)
     net.train(was)
-    return error_rates([e.text for e in examples], hyps)[0]
+    return hyps
+
+
+def dev_wer(net: ConformerCTC, examples: list[Example], tokenizer: CharTokenizer) -> float:
+    return error_rates([e.text for e in examples], transcribe_examples(net, examples, tokenizer))[0]
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, net: ConformerCTC, tokenizer: CharTokenizer, train: list[Example], dev: list[Example]):
+    """`net` is the bare model (evaluated, saved); `model` what the training forward calls, e.g. DDP(net)
+    (default: `net`). With `world_size` > 1 each rank takes `shard_batches` of every epoch's batches; give
+    every rank the same seed so their batch lists agree."""
+
+    def __init__(self, cfg: TrainConfig, net: ConformerCTC, tokenizer: CharTokenizer, train: list[Example], dev: list[Example],
+                 *, model: torch.nn.Module | None = None, rank: int = 0, world_size: int = 1):
         self.cfg, self.net, self.tokenizer, self.train_set, self.dev_set = cfg, net, tokenizer, train, dev
+        self.model = net if model is None else model
+        self.rank, self.world_size = rank, world_size
         self.rng = random.Random(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         params = [p for p in net.parameters() if p.requires_grad]
@@ -149,21 +173,25 @@ class Trainer:
         self.best_wer = float("inf")
         self.best_state: dict | None = None
         self.history: list[dict] = []
-        self._batches: list[list[Example]] = []
+        self._epoch: list[list[Example]] = []  # this epoch's batches, all ranks' (before sharding)
+        self._batches: list[list[Example]] = []  # this rank's batches not yet taken
 
     def next_batch(self) -> list[Example]:
         if not self._batches:
-            self._batches = make_batches(self.train_set, self.cfg.batch_frames, self.rng)
+            self._epoch = make_batches(self.train_set, self.cfg.batch_frames, self.rng)
+            self._batches = shard_batches(self._epoch, self.rank, self.world_size)
         return self._batches.pop()
 
     def step(self) -> float:
         """One optimiser step; returns the CTC loss."""
-        self.net.train()
+        self.model.train()
         feats, lengths, targets, target_lengths = collate(self.next_batch())
-        feats = spec_augment(feats, lengths, self.net.feat_mean, self.cfg, self.gen)
+        feats = spec_augment(feats, lengths, self.net.feat_mean.detach().cpu(), self.cfg, self.gen)
+        device = self.net.feat_mean.device
+        feats, lengths, targets, target_lengths = (t.to(device) for t in (feats, lengths, targets, target_lengths))
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.step_no, self.cfg) * g.get("lr_scale", 1.0)
-        logits, out_len = self.net(feats, lengths, sample_chunk(self.cfg, self.rng))
+        logits, out_len = self.model(feats, lengths, sample_chunk(self.cfg, self.rng))
         loss = F.ctc_loss(
             logits.log_softmax(-1).transpose(0, 1), targets, out_len, target_lengths,
             blank=self.tokenizer.blank, zero_infinity=True,
@@ -173,10 +201,14 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
         self.opt.step()
         self.step_no += 1
-        return float(loss)
+        return float(loss.detach())
+
+    def dev_wer(self) -> float:
+        """WER on the dev set; distributed trainers override this to share the decoding out."""
+        return dev_wer(self.net, self.dev_set, self.tokenizer)
 
     def evaluate(self) -> float:
-        wer = dev_wer(self.net, self.dev_set, self.tokenizer)
+        wer = self.dev_wer()
         if wer < self.best_wer:
             self.best_wer = wer
             self.best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
@@ -202,3 +234,33 @@ class Trainer:
         if self.best_state is not None:
             self.net.load_state_dict(self.best_state)
         return self.best_wer
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue where this left off (tensors, numbers, lists: `torch.load(weights_only=True)`
+        reads it back). Per-process RNGs (the SpecAugment generator, torch's global RNG) are the caller's to keep."""
+        index = {id(e): i for i, e in enumerate(self.train_set)}
+        return {
+            "step": self.step_no,
+            "net": {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()},
+            "opt": self.opt.state_dict(),
+            "best_wer": self.best_wer,
+            "best_state": None if self.best_state is None else {k: v.detach().cpu() for k, v in self.best_state.items()},
+            "history": [dict(h) for h in self.history],
+            "rng": self.rng.getstate(),
+            "epoch": [[index[id(e)] for e in b] for b in self._epoch],
+            "taken": len(shard_batches(self._epoch, self.rank, self.world_size)) - len(self._batches) if self._epoch else 0,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()` output (same train set, same world size for the batch position)."""
+        device = self.net.feat_mean.device
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])
+        self.step_no = int(state["step"])
+        self.best_wer = float(state["best_wer"])
+        self.best_state = None if state["best_state"] is None else {k: v.to(device) for k, v in state["best_state"].items()}
+        self.history = [dict(h) for h in state["history"]]
+        self.rng.setstate(state["rng"])
+        self._epoch = [[self.train_set[i] for i in b] for b in state["epoch"]]
+        shard = shard_batches(self._epoch, self.rank, self.world_size)
+        self._batches = shard[: max(0, len(shard) - int(state["taken"]))]
