@@ -10,7 +10,7 @@ import importlib
 
 _EXPORTS = {
     "Hypothesis": "decoding", "Word": "decoding",
-    "EvalResult": "evaluate", "evaluate": "evaluate",
+    "EvalResult": "evaluation", "evaluate": "evaluation",
     "AsrModel": "inference", "load_model": "inference",
     "PackageError": "package",
     "ModelNotFound": "store", "ModelStore": "store",

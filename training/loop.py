@@ -21,7 +21,7 @@ from speechbrain.utils.dynamic_chunk_training import DynChunkTrainConfig
 
 from speechadapt.asr.audio import load_audio
 from speechadapt.asr.decoding import greedy_decode
-from speechadapt.asr.evaluate import error_rates
+from speechadapt.asr.evaluation import error_rates
 from speechadapt.asr.features import FeatureConfig, fbank
 from speechadapt.asr.manifest import read_manifest
 from speechadapt.asr.model import ConformerCTC, ModelConfig

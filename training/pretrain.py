@@ -329,7 +329,7 @@ def _worker_loop(config: dict) -> dict | None:
     import ray.train.torch
     from ray.train import Checkpoint
 
-    from speechadapt.asr.evaluate import error_rates
+    from speechadapt.asr.evaluation import error_rates
     from speechadapt.asr.model import ConformerCTC
     from speechadapt.asr.text import CharTokenizer
     from speechadapt.training.config_io import to_dict
