@@ -119,7 +119,7 @@ def _split_speaker(speaker: str) -> tuple[str, str]:
 
 
 def _from_summary(path: Path, info: TrainingInfo) -> None:
-    from speechadapt.training.synth import _resolve_variants, list_variants
+    from speechadapt.training.synth import resolve_variants, list_variants
 
     s = json.loads(path.read_text())
     if not isinstance(s, dict) or not isinstance(s.get("config"), dict):
@@ -130,7 +130,7 @@ def _from_summary(path: Path, info: TrainingInfo) -> None:
     if s.get("speakers"):
         info.variants = sorted({_split_speaker(sp)[1] for sp in s["speakers"]})
     elif cfg.get("variants") is not None:
-        info.variants = _resolve_variants(cfg["variants"], list_variants())
+        info.variants = resolve_variants(cfg["variants"], list_variants())
     info.vocab_size = cfg.get("vocab_size")
     info.sentences_file = cfg.get("sentences_file")
     info.seed = s.get("seed", cfg.get("seed"))
@@ -210,12 +210,12 @@ def training_info(card, model_dir: Path | None, explicit: str | None) -> Trainin
 
 def _variant_pool() -> list[str]:
     """Natural-sounding espeak-ng variants, in synth's preferred order ("none" first)."""
-    from speechadapt.training.synth import _resolve_variants, list_variants
+    from speechadapt.training.synth import resolve_variants, list_variants
 
     available = list_variants()
     for n in range(len(available) + 1, 0, -1):  # the largest N synth accepts = the whole natural pool
         try:
-            return _resolve_variants(n, available)
+            return resolve_variants(n, available)
         except ValueError:
             continue
     return ["none"]
@@ -223,9 +223,9 @@ def _variant_pool() -> list[str]:
 
 def test_variants(info: TrainingInfo, wanted: list[str] | None, count: int) -> tuple[list[str], str]:
     if wanted:
-        from speechadapt.training.synth import _resolve_variants, list_variants
+        from speechadapt.training.synth import resolve_variants, list_variants
 
-        chosen = _resolve_variants(wanted, list_variants())
+        chosen = resolve_variants(wanted, list_variants())
         clash = sorted(set(chosen) & set(info.variants or []))
         note = f"given variants {clash} were used in training" if clash else "given with --variants"
         return chosen, note

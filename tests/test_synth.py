@@ -141,7 +141,7 @@ def test_variants_by_number_and_voice_lists():
     voices, variants = synth.list_voices(), synth.list_variants()
     assert {"en-us", "en-gb"} <= set(voices) and all(v.startswith("en") for v in voices)
     assert {"f3", "m1"} <= set(variants)
-    assert synth._resolve_variants(3, variants) == ["none", "m1", "f1"]
+    assert synth.resolve_variants(3, variants) == ["none", "m1", "f1"]
 
 
 @pytest.mark.parametrize("kw, message", [

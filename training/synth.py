@@ -174,7 +174,7 @@ def _writable(out: Path) -> None:
         raise ValueError(f"out_dir {out} is not writable ({probe} denies write access)")
 
 
-def _resolve_variants(spec: list[str] | int, available: list[str]) -> list[str]:
+def resolve_variants(spec: list[str] | int, available: list[str]) -> list[str]:
     if isinstance(spec, int):
         pool = [v for v in _PREFERRED if v in available]
         pool += [v for v in available if v not in pool and not _NOVELTY.match(v)]
@@ -237,7 +237,7 @@ def _validate(cfg: SynthConfig) -> _Plan:
     for v in cfg.voices:
         if v not in valid:
             raise ValueError(f"unknown English voice {v!r}; valid: {', '.join(valid)}")
-    variants = _resolve_variants(cfg.variants, list_variants(cfg.espeak))
+    variants = resolve_variants(cfg.variants, list_variants(cfg.espeak))
     _check_range("speed", cfg.speed, 80, 450, int)
     _check_range("pitch", cfg.pitch, 0, 99, int)
     _check_range("words", cfg.words, 1, 100, int)
