@@ -15,7 +15,6 @@ from speechadapt.client.audio import apaced, bytes_per_second, pcm_chunks, read_
 from speechadapt.client.types import ModelInfo, Result, SpeechAdaptError
 from speechadapt.v1 import models_pb2, models_pb2_grpc, recognizer_pb2, recognizer_pb2_grpc
 
-END_OF_SINGLE_UTTERANCE = recognizer_pb2.StreamingRecognizeResponse.END_OF_SINGLE_UTTERANCE
 
 
 class AsyncSpeechClient:
@@ -86,15 +85,10 @@ class AsyncSpeechClient:
 
     async def _stream(self, feed: RequestFeed, chunks: Iterable[bytes] | AsyncIterable[bytes]) -> AsyncIterator[Result]:
         call = self._recognizer.StreamingRecognize(feed.aio(chunks), timeout=self.timeout)
-        model = ""
         try:
             async for resp in call:
-                model = resp.model or model
-                for r in resp.results:
-                    yield Result.from_streaming(r, model)
-                if resp.speech_event_type == END_OF_SINGLE_UTTERANCE:
-                    feed.stopped = True
-                feed.raise_error()
+                for result in feed.results(resp):
+                    yield result
         except grpc.RpcError as e:
             feed.raise_error()
             raise SpeechAdaptError.from_rpc(e) from e

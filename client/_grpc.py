@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from speechadapt.client.audio import aiter_chunks
-from speechadapt.client.types import StreamConfig
+from speechadapt.client.types import Result, StreamConfig
 from speechadapt.v1 import recognizer_pb2
 
 Config = StreamConfig | recognizer_pb2.StreamingRecognitionConfig
@@ -88,6 +88,16 @@ class RequestFeed:
         self.config = streaming_config(config)
         self.error: BaseException | None = None
         self.stopped = False
+        self.model = ""
+
+    def results(self, resp: recognizer_pb2.StreamingRecognizeResponse) -> list[Result]:
+        """The results of one response. Remembers the serving model (named on the first response)
+        and stops sending audio after END_OF_SINGLE_UTTERANCE; re-raises a chunk-iterator error."""
+        self.model = resp.model or self.model
+        if resp.speech_event_type == recognizer_pb2.StreamingRecognizeResponse.END_OF_SINGLE_UTTERANCE:
+            self.stopped = True
+        self.raise_error()
+        return [Result.from_streaming(r, self.model) for r in resp.results]
 
     def first(self) -> recognizer_pb2.StreamingRecognizeRequest:
         return recognizer_pb2.StreamingRecognizeRequest(streaming_config=self.config)
