@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from speechadapt.asr.audio import load_audio
 from speechadapt.asr.decoding import Hypothesis, greedy_decode
 from speechadapt.asr.features import FeatureConfig, fbank
 from speechadapt.asr.model import ConformerCTC
@@ -49,8 +50,6 @@ class AsrModel:
         return greedy_decode(self.logits(samples), self.tokenizer, self.frame_seconds)
 
     def transcribe_file(self, path: str | Path) -> Hypothesis:
-        from speechadapt.asr.audio import load_audio
-
         return self.transcribe(load_audio(path, self.sample_rate))
 
 
