@@ -86,7 +86,7 @@ class PretrainConfig:
 
     def resolved(self) -> "PretrainConfig":
         """Absolute paths, defaults filled in, values checked (ConfigError)."""
-        from speechadapt.training.config_io import ConfigError
+        from speechadapt.config_io import ConfigError
 
         for key in ("train_manifest", "dev_manifest", "out"):
             if not getattr(self, key):
@@ -136,7 +136,7 @@ def _is_uri(path: str) -> bool:
 
 
 def load_config(path: str | Path | None, overrides=()) -> PretrainConfig:
-    from speechadapt.training.config_io import load
+    from speechadapt.config_io import load
 
     return load(PretrainConfig, path, overrides)
 
@@ -163,7 +163,7 @@ def _command(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """The `pretrain` command: 0 on success, 1 if training failed, 2 on a bad config."""
-    from speechadapt.training.config_io import ConfigError, dump
+    from speechadapt.config_io import ConfigError, dump
 
     try:
         cfg = load_config(args.config, _overrides(args)).resolved()
@@ -332,7 +332,7 @@ def _worker_loop(config: dict) -> dict | None:
     from speechadapt.asr.evaluation import error_rates
     from speechadapt.asr.model import ConformerCTC
     from speechadapt.asr.text import CharTokenizer
-    from speechadapt.training.config_io import to_dict
+    from speechadapt.config_io import to_dict
     from speechadapt.training.loop import Trainer, feature_stats, load_examples, lr_at, transcribe_examples
 
     cfg: PretrainConfig = config["cfg"]

@@ -74,19 +74,25 @@ class JobSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., train_manifest: _Optional[str] = ..., dev_manifest: _Optional[str] = ..., source_dev_manifest: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., source_replay: _Optional[float] = ..., max_epochs: _Optional[int] = ..., max_minutes: _Optional[float] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., augment: _Optional[bool] = ..., workers: _Optional[int] = ..., gpus_per_worker: _Optional[float] = ..., seed: _Optional[int] = ..., max_source_regression: _Optional[float] = ...) -> None: ...
 
 class JobMetrics(_message.Message):
-    __slots__ = ("base_target_wer", "adapted_target_wer", "base_source_wer", "adapted_source_wer")
+    __slots__ = ("base_target_wer", "adapted_target_wer", "base_source_wer", "adapted_source_wer", "relatedness", "trained_parameters", "total_parameters")
     BASE_TARGET_WER_FIELD_NUMBER: _ClassVar[int]
     ADAPTED_TARGET_WER_FIELD_NUMBER: _ClassVar[int]
     BASE_SOURCE_WER_FIELD_NUMBER: _ClassVar[int]
     ADAPTED_SOURCE_WER_FIELD_NUMBER: _ClassVar[int]
+    RELATEDNESS_FIELD_NUMBER: _ClassVar[int]
+    TRAINED_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     base_target_wer: float
     adapted_target_wer: float
     base_source_wer: float
     adapted_source_wer: float
-    def __init__(self, base_target_wer: _Optional[float] = ..., adapted_target_wer: _Optional[float] = ..., base_source_wer: _Optional[float] = ..., adapted_source_wer: _Optional[float] = ...) -> None: ...
+    relatedness: float
+    trained_parameters: int
+    total_parameters: int
+    def __init__(self, base_target_wer: _Optional[float] = ..., adapted_target_wer: _Optional[float] = ..., base_source_wer: _Optional[float] = ..., adapted_source_wer: _Optional[float] = ..., relatedness: _Optional[float] = ..., trained_parameters: _Optional[int] = ..., total_parameters: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "spec", "state", "promoted", "reason", "model", "version", "metrics", "create_time", "start_time", "end_time", "progress")
+    __slots__ = ("id", "spec", "state", "promoted", "reason", "model", "version", "metrics", "create_time", "start_time", "end_time", "progress", "ray_job_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +105,7 @@ class Job(_message.Message):
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RAY_JOB_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: JobSpec
     state: JobState
@@ -111,7 +118,18 @@ class Job(_message.Message):
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
     progress: JobEvent
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., promoted: _Optional[bool] = ..., reason: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., metrics: _Optional[_Union[JobMetrics, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[JobEvent, _Mapping]] = ...) -> None: ...
+    ray_job_id: str
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., promoted: _Optional[bool] = ..., reason: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., metrics: _Optional[_Union[JobMetrics, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[JobEvent, _Mapping]] = ..., ray_job_id: _Optional[str] = ...) -> None: ...
+
+class JobReport(_message.Message):
+    __slots__ = ("job_id", "metrics_json", "plot_png")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
+    PLOT_PNG_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    metrics_json: bytes
+    plot_png: bytes
+    def __init__(self, job_id: _Optional[str] = ..., metrics_json: _Optional[bytes] = ..., plot_png: _Optional[bytes] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("job_id", "state", "phase", "step", "total_steps", "loss", "dev_wer", "eta", "time", "message")

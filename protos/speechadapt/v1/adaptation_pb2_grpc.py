@@ -69,6 +69,11 @@ class AdaptationStub:
                 request_serializer=speechadapt_dot_v1_dot_adaptation__pb2.CheckUploadRequest.SerializeToString,
                 response_deserializer=speechadapt_dot_v1_dot_adaptation__pb2.CheckUploadResponse.FromString,
                 _registered_method=True)
+        self.GetJobReport = channel.unary_unary(
+                '/speechadapt.v1.Adaptation/GetJobReport',
+                request_serializer=speechadapt_dot_v1_dot_adaptation__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=speechadapt_dot_v1_dot_adaptation__pb2.JobReport.FromString,
+                _registered_method=True)
 
 
 class AdaptationServicer:
@@ -119,6 +124,13 @@ class AdaptationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJobReport(self, request, context):
+        """A finished job's report: metrics JSON and a PNG plot of loss and dev WER over training.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdaptationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -156,6 +168,11 @@ def add_AdaptationServicer_to_server(servicer, server):
                     servicer.CheckUpload,
                     request_deserializer=speechadapt_dot_v1_dot_adaptation__pb2.CheckUploadRequest.FromString,
                     response_serializer=speechadapt_dot_v1_dot_adaptation__pb2.CheckUploadResponse.SerializeToString,
+            ),
+            'GetJobReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobReport,
+                    request_deserializer=speechadapt_dot_v1_dot_adaptation__pb2.GetJobRequest.FromString,
+                    response_serializer=speechadapt_dot_v1_dot_adaptation__pb2.JobReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -347,6 +364,33 @@ class Adaptation:
             '/speechadapt.v1.Adaptation/CheckUpload',
             speechadapt_dot_v1_dot_adaptation__pb2.CheckUploadRequest.SerializeToString,
             speechadapt_dot_v1_dot_adaptation__pb2.CheckUploadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/speechadapt.v1.Adaptation/GetJobReport',
+            speechadapt_dot_v1_dot_adaptation__pb2.GetJobRequest.SerializeToString,
+            speechadapt_dot_v1_dot_adaptation__pb2.JobReport.FromString,
             options,
             channel_credentials,
             insecure,

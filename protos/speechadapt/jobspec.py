@@ -1,0 +1,185 @@
+"""The adaptation job spec: one schema for the proto (`speechadapt.v1.JobSpec`), this dataclass and the
+CLI's YAML file (same keys). Pure Python: the light client, the server and the Ray job all import it.
+
+    spec = JobSpec.from_yaml("job.yaml")          # unknown keys, wrong types, bad values -> JobSpecError
+    msg = spec.to_proto(); JobSpec.from_proto(msg) == spec
+    spec.problems()                               # every problem with the values themselves (not the data)
+
+YAML (only `name`, `base_model`, `train_manifest`, `dev_manifest` are required):
+
+    name: base-en-scottish
+    base_model: base-en            # or base-en@1
+    train_manifest: data/scot/train/manifest.jsonl   # a path the workers can read, or data://<sha256>
+    dev_manifest: data/scot/dev/manifest.jsonl
+    strategy: adapters             # head | finetune | adapters
+    source_replay: 0.2
+    max_epochs: 20
+    max_minutes: 10
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STRATEGIES = ("head", "finetune", "adapters")
+DATA_URI = "data://"
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+# Learning rate by strategy when the spec gives none (AdamW peak, after warmup).
+DEFAULT_LR = {"head": 3e-3, "finetune": 5e-4, "adapters": 2e-3}
+
+
+class JobSpecError(ValueError):
+    """A job spec that cannot be used; `problems` lists every problem found, each saying what to fix."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("invalid job spec: " + "; ".join(self.problems))
+
+
+@dataclass
+class JobSpec:
+    name: str
+    base_model: str
+    train_manifest: str
+    dev_manifest: str
+    source_dev_manifest: str = ""  # "": a held-back slice of the base model's source domain
+    strategy: str = "adapters"
+    source_replay: float = 0.0  # share of each batch drawn from source-domain utterances (against forgetting)
+    max_epochs: int = 30
+    max_minutes: float = 10.0
+    learning_rate: float | None = None  # None: DEFAULT_LR[strategy]
+    batch_size: int = 16  # utterances per worker per step
+    augment: bool = True  # SpecAugment (+ speed perturbation of the target data)
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    seed: int = 0
+    max_source_regression: float = 0.02  # promotion gate: largest allowed source WER rise (absolute, 0..1)
+
+    # -- conversions
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "job spec") -> "JobSpec":
+        from speechadapt.config_io import ConfigError, from_dict
+
+        if not isinstance(data, dict):
+            raise JobSpecError([f"{where}: expected a mapping of keys to values, got {type(data).__name__}"])
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.default is dataclasses.MISSING and data.get(f.name) in (None, "")]
+        if missing:
+            raise JobSpecError([f"{where}: missing required key {k!r}" for k in missing])
+        try:
+            spec = from_dict(cls, data, "")
+        except ConfigError as e:
+            raise JobSpecError([f"{where}: {e}"]) from None
+        spec.strategy = str(spec.strategy).lower()
+        problems = spec.problems()
+        if problems:
+            raise JobSpecError(problems)
+        return spec
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "JobSpec":
+        import yaml
+
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except OSError as e:
+            raise JobSpecError([f"cannot read job spec {path}: {e.strerror or e}"]) from None
+        except yaml.YAMLError as e:
+            raise JobSpecError([f"{path} is not valid YAML: {e}"]) from None
+        spec = cls.from_dict(data, str(path))
+        return spec.resolve_paths(path.parent)
+
+    def resolve_paths(self, base: str | Path) -> "JobSpec":
+        """Relative manifest paths taken relative to `base` (the YAML file's folder), made absolute."""
+        out = dataclasses.replace(self)
+        for key in ("train_manifest", "dev_manifest", "source_dev_manifest"):
+            v = getattr(out, key)
+            if v and "://" not in v and not Path(v).is_absolute():
+                setattr(out, key, str((Path(base) / v).resolve()))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def to_proto(self):
+        from speechadapt.v1 import adaptation_pb2 as pb
+
+        msg = pb.JobSpec(
+            name=self.name, base_model=self.base_model, train_manifest=self.train_manifest,
+            dev_manifest=self.dev_manifest, source_dev_manifest=self.source_dev_manifest,
+            strategy=pb.Strategy.Value(self.strategy.upper()) if self.strategy in STRATEGIES else 0,
+            source_replay=self.source_replay, max_epochs=self.max_epochs, max_minutes=self.max_minutes,
+            batch_size=self.batch_size, augment=self.augment, workers=self.workers,
+            gpus_per_worker=self.gpus_per_worker, seed=self.seed, max_source_regression=self.max_source_regression,
+        )
+        if self.learning_rate is not None:
+            msg.learning_rate = self.learning_rate
+        return msg
+
+    @classmethod
+    def from_proto(cls, msg) -> "JobSpec":
+        """A proto JobSpec (unset optional fields take the defaults); raises JobSpecError listing every problem."""
+        from speechadapt.v1 import adaptation_pb2 as pb
+
+        data: dict[str, Any] = {
+            "name": msg.name, "base_model": msg.base_model, "train_manifest": msg.train_manifest,
+            "dev_manifest": msg.dev_manifest, "source_dev_manifest": msg.source_dev_manifest,
+        }
+        if msg.strategy != pb.STRATEGY_UNSPECIFIED:
+            data["strategy"] = pb.Strategy.Name(msg.strategy).lower()
+        for key in ("source_replay", "max_epochs", "max_minutes", "learning_rate", "batch_size", "augment",
+                    "workers", "gpus_per_worker", "seed", "max_source_regression"):
+            if msg.HasField(key):
+                v = getattr(msg, key)
+                data[key] = round(v, 7) if isinstance(v, float) else v  # float32 on the wire
+        return cls.from_dict(data, "spec")
+
+    # -- checks on the values (the data itself is checked by speechadapt.asr.manifest.check_manifest)
+
+    @property
+    def lr(self) -> float:
+        return self.learning_rate if self.learning_rate is not None else DEFAULT_LR.get(self.strategy, 1e-3)
+
+    def problems(self) -> list[str]:
+        p: list[str] = []
+        if not _NAME.match(self.name or "") or ".." in self.name:
+            p.append(f"name {self.name!r}: use letters, digits, '.', '_' or '-' (at most 64 characters)")
+        base, _, ver = (self.base_model or "").partition("@")
+        if not _NAME.match(base) or ".." in base or (ver and (not ver.isdigit() or int(ver) < 1)):
+            p.append(f"base_model {self.base_model!r}: use name or name@N (N a positive integer)")
+        for key in ("train_manifest", "dev_manifest", "source_dev_manifest"):
+            v = getattr(self, key)
+            if v.startswith(DATA_URI) and not _SHA.match(v[len(DATA_URI):]):
+                p.append(f"{key} {v!r}: a data URI is data://<64 hex digits of sha256> (from UploadData)")
+        if self.strategy not in STRATEGIES:
+            p.append(f"strategy {self.strategy!r}: use one of {', '.join(STRATEGIES)}")
+        if not 0.0 <= self.source_replay < 1.0:
+            p.append(f"source_replay {self.source_replay}: use a fraction in [0, 1)")
+        if self.max_epochs < 1:
+            p.append(f"max_epochs {self.max_epochs}: use at least 1")
+        if not 0 < self.max_minutes <= 24 * 60:
+            p.append(f"max_minutes {self.max_minutes}: use more than 0 and at most 1440")
+        if self.learning_rate is not None and not 0 < self.learning_rate <= 1:
+            p.append(f"learning_rate {self.learning_rate}: use a value in (0, 1]")
+        if not 1 <= self.batch_size <= 1024:
+            p.append(f"batch_size {self.batch_size}: use 1..1024 utterances")
+        if not 1 <= self.workers <= 256:
+            p.append(f"workers {self.workers}: use 1..256")
+        if self.gpus_per_worker < 0:
+            p.append(f"gpus_per_worker {self.gpus_per_worker}: must not be negative")
+        if not 0 <= self.max_source_regression <= 1:
+            p.append(f"max_source_regression {self.max_source_regression}: an absolute WER rise in [0, 1] (0.02 = 2 points)")
+        return p
