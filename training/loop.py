@@ -35,6 +35,8 @@ class TrainConfig:
     max_steps: int = 1000
     max_minutes: float = 0.0  # 0 = no time budget
     batch_frames: int = 12000  # fbank frames per batch (x 10 ms)
+    batch_utterances: int = 0  # > 0: batches of this many utterances (random, not length-bucketed) instead
+    replay_share: float = 0.0  # share of each batch drawn from `Trainer(replay=...)` examples (0 <= share < 1)
     learning_rate: float = 2e-3
     weight_decay: float = 1e-2
     warmup_steps: int = 100
@@ -73,8 +75,13 @@ def feature_stats(examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
     return allf.mean(0), allf.std(0).clamp_min(1e-3)
 
 
-def make_batches(examples: list[Example], batch_frames: int, rng: random.Random) -> list[list[Example]]:
-    """Length-bucketed batches of about `batch_frames` padded frames, in random order."""
+def make_batches(examples: list[Example], batch_frames: int, rng: random.Random, batch_utterances: int = 0) -> list[list[Example]]:
+    """Length-bucketed batches of about `batch_frames` padded frames, in random order; with `batch_utterances`
+    > 0 instead a shuffled epoch cut into batches of that many utterances (the last one may be smaller)."""
+    if batch_utterances > 0:
+        order = list(examples)
+        rng.shuffle(order)
+        return [order[i : i + batch_utterances] for i in range(0, len(order), batch_utterances)]
     order = sorted(examples, key=lambda e: e.feats.shape[0] + rng.random())
     batches, cur = [], []
     for e in order:
@@ -158,17 +165,25 @@ def dev_wer(net: ConformerCTC, examples: list[Example], tokenizer: CharTokenizer
 class Trainer:
     """`net` is the bare model (evaluated, saved); `model` what the training forward calls, e.g. DDP(net)
     (default: `net`). With `world_size` > 1 each rank takes `shard_batches` of every epoch's batches; give
-    every rank the same seed so their batch lists agree."""
+    every rank the same seed so their batch lists agree.
+
+    `param_groups`: optimiser groups (`{"params": [...], "lr_scale": s, ...}`; each group's LR is the schedule's
+    times its `lr_scale`); default: every parameter with `requires_grad`. `replay`: examples of which
+    `cfg.replay_share` of each batch is made (drawn per step and rank, independent of the epoch order, so a
+    resumed run draws the same ones); the train set fills the rest."""
 
     def __init__(self, cfg: TrainConfig, net: ConformerCTC, tokenizer: CharTokenizer, train: list[Example], dev: list[Example],
-                 *, model: torch.nn.Module | None = None, rank: int = 0, world_size: int = 1):
+                 *, model: torch.nn.Module | None = None, rank: int = 0, world_size: int = 1,
+                 param_groups: list[dict] | None = None, replay: list[Example] | None = None):
         self.cfg, self.net, self.tokenizer, self.train_set, self.dev_set = cfg, net, tokenizer, train, dev
         self.model = net if model is None else model
         self.rank, self.world_size = rank, world_size
         self.rng = random.Random(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        params = [p for p in net.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.replay = list(replay or []) if cfg.replay_share > 0 else []
+        if param_groups is None:
+            param_groups = [{"params": [p for p in net.parameters() if p.requires_grad]}]
+        self.opt = torch.optim.AdamW(param_groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.step_no = 0
         self.best_wer = float("inf")
         self.best_state: dict | None = None
@@ -178,9 +193,23 @@ class Trainer:
 
     def next_batch(self) -> list[Example]:
         if not self._batches:
-            self._epoch = make_batches(self.train_set, self.cfg.batch_frames, self.rng)
+            share = self.cfg.replay_share if self.replay else 0.0
+            per_batch = self.cfg.batch_utterances
+            if per_batch > 0 and share > 0:  # the train set's part of each batch
+                per_batch = max(1, per_batch - self._replay_count(per_batch))
+            self._epoch = make_batches(self.train_set, max(1, int(self.cfg.batch_frames * (1 - share))), self.rng, per_batch)
             self._batches = shard_batches(self._epoch, self.rank, self.world_size)
-        return self._batches.pop()
+        batch = self._batches.pop()
+        if self.replay:
+            n = self._replay_count(self.cfg.batch_utterances) if self.cfg.batch_utterances > 0 else \
+                max(1, round(len(batch) * self.cfg.replay_share / (1 - self.cfg.replay_share)))
+            draw = random.Random((self.cfg.seed * 1_000_003 + self.step_no) * 1_009 + self.rank)
+            batch = batch + [self.replay[draw.randrange(len(self.replay))] for _ in range(n)]
+        return batch
+
+    def _replay_count(self, batch_utterances: int) -> int:
+        """Replay utterances in a batch of `batch_utterances`: at least 1, at most all but one."""
+        return min(max(1, round(batch_utterances * self.cfg.replay_share)), max(1, batch_utterances - 1))
 
     def step(self) -> float:
         """One optimiser step; returns the CTC loss."""
