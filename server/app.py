@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -12,9 +13,12 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from speechadapt.server.adaptation import AdaptationService
+from speechadapt.server.adaptation import AdaptationService, AdaptationUnavailable, JobManager
 from speechadapt.server.config import ServerConfig
+from speechadapt.server.datastore import DataStore
+from speechadapt.server.jobs import JobStore
 from speechadapt.server.models_service import ModelsService
+from speechadapt.server.ray_backend import RayBackend
 from speechadapt.server.recognizer import Admission, RecognizerService
 from speechadapt.server.registry import ModelRegistry
 from speechadapt.v1 import adaptation_pb2, adaptation_pb2_grpc, models_pb2, models_pb2_grpc, recognizer_pb2, recognizer_pb2_grpc
@@ -29,16 +33,22 @@ SERVICES = (
 
 
 class SpeechServer:
-    """Build with a config, `await start()`, `port` is then the bound port; `await stop()`."""
+    """Build with a config, `await start()`, `port` is then the bound port; `await stop()`.
+
+    Adaptation state (job database, uploads, run folders) lives in `config.state_path`; on start, jobs an earlier
+    server left unfinished are re-attached. `stop()` stops following jobs (they keep their state for the next
+    server with the same state dir) and stops the Ray head this server started, if any."""
 
     def __init__(self, config: ServerConfig):
         self.config = config
         torch.set_num_threads(config.threads or config.cores)
-        self.registry = ModelRegistry(config.model_store, config.default_model, config.device)
+        self.registry = ModelRegistry(config.model_store, config.default_model, config.device,
+                                      memory_budget_bytes=config.model_memory_mb * 1024 * 1024)
         self.admission = Admission(config.max_streams)
         self.executor = ThreadPoolExecutor(max_workers=config.workers or config.cores, thread_name_prefix="infer")
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
+        self.jobs: JobManager | None = None
 
     async def start(self) -> int:
         opts = [
@@ -47,9 +57,20 @@ class SpeechServer:
             ("grpc.so_reuseport", 0),
         ]
         server = grpc.aio.server(options=opts)
+        state = self.config.state_path
+        try:
+            self.jobs = JobManager(JobStore(state / "jobs.sqlite"), DataStore(state / "data", self.config.max_blob_bytes),
+                                   RayBackend(self.config.ray_address, state, self.config.ray_num_cpus),
+                                   self.config.model_store, state / "runs")
+            adaptation = AdaptationService(self.jobs, self.registry, self.config.max_upload_bytes)
+        except (OSError, sqlite3.Error) as e:  # recognition still works; adaptation calls say why they cannot
+            log.error("adaptation is unavailable: cannot use the state dir %s: %s", state, e)
+            self.jobs = None
+            adaptation = AdaptationUnavailable(f"its state dir {state} cannot be used ({e}); "
+                                               "restart it with a writable --state-dir")
         recognizer_pb2_grpc.add_RecognizerServicer_to_server(RecognizerService(self.registry, self.admission, self.executor), server)
         models_pb2_grpc.add_ModelsServicer_to_server(ModelsService(self.registry), server)
-        adaptation_pb2_grpc.add_AdaptationServicer_to_server(AdaptationService(), server)
+        adaptation_pb2_grpc.add_AdaptationServicer_to_server(adaptation, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
@@ -65,13 +86,18 @@ class SpeechServer:
         for name in SERVICES + ("",):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.server = server
-        log.info("serving on %s:%d (%s), model store %s", self.config.host, self.port,
-                 "TLS" if self.config.tls_cert else "plaintext", self.config.model_store)
+        if self.jobs is not None:
+            await self.jobs.start()
+        log.info("serving on %s:%d (%s), model store %s, state %s", self.config.host, self.port,
+                 "TLS" if self.config.tls_cert else "plaintext", self.config.model_store, state)
         return self.port
 
     async def stop(self, grace: float = 2.0) -> None:
         if self.server is not None:
             await self.server.stop(grace)
+        if self.jobs is not None:
+            await self.jobs.stop()
+            self.jobs.store.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def wait(self) -> None:

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+MIB = 1024 * 1024
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -16,10 +18,21 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_streams: int = 64  # concurrent recognitions; more get RESOURCE_EXHAUSTED
-    max_message_bytes: int = 8 * 1024 * 1024
+    max_message_bytes: int = 8 * MIB
     device: str = "cpu"
     threads: int = 0  # torch intra-op threads; 0 = one per core
     workers: int = 0  # inference threads off the event loop; 0 = one per core
+    # Loaded models are kept in an LRU up to this many MiB of weights; idle ones beyond it are unloaded.
+    model_memory_mb: int = 1024
+    # Adaptation jobs: the job database, uploaded data and job run folders live here.
+    # None: the sibling folder "<model_store>-state" (e.g. ./models -> ./models-state), see `state_path`.
+    state_dir: Path | None = None
+    # Ray cluster for adaptation jobs ("http://HEAD:8265", or "auto" / "ray://..."); None: the server starts and
+    # owns a local Ray head on 127.0.0.1 when the first job needs it, and stops it when the server stops.
+    ray_address: str | None = None
+    ray_num_cpus: int = 0  # CPUs the owned local Ray head offers; 0 = all cores
+    max_blob_bytes: int = 2048 * MIB  # largest single uploaded audio file
+    max_upload_bytes: int = 2048 * MIB  # most blob bytes received by one UploadData call
 
     def __post_init__(self):
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -28,7 +41,22 @@ class ServerConfig:
             raise ValueError("max_streams must be at least 1")
         if self.max_message_bytes < 64 * 1024:
             raise ValueError("max_message_bytes must be at least 64 KiB")
+        if self.model_memory_mb < 1:
+            raise ValueError("model_memory_mb must be at least 1")
+        if self.max_blob_bytes < 1 or self.max_upload_bytes < 1:
+            raise ValueError("max_blob_bytes and max_upload_bytes must be at least 1")
+        if self.ray_num_cpus < 0:
+            raise ValueError("ray_num_cpus must not be negative (0 = all cores)")
 
     @property
     def cores(self) -> int:
         return os.cpu_count() or 1
+
+    @property
+    def state_path(self) -> Path:
+        """Where jobs, uploads and run folders live: `state_dir`, else `<model_store>-state` beside the store
+        (beside, not inside: the store may be mounted read-only for serving replicas)."""
+        if self.state_dir is not None:
+            return Path(self.state_dir).absolute()
+        store = Path(self.model_store).absolute()
+        return store.parent / f"{store.name}-state"

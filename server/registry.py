@@ -1,10 +1,21 @@
 """Which models exist and which are loaded: resolves references against the store on every
-request (so new versions are served without a restart) and caches loaded models."""
+request (so new versions are served without a restart) and caches loaded models.
+
+Loaded models are kept in an LRU bounded by a memory budget (bytes of parameters and buffers). When a load
+takes the total over the budget, the least recently requested models that no request is using are unloaded.
+A model still in use is never unloaded; even if it were, the streams in flight hold their own reference, and an
+unloaded model that is still alive is handed out again instead of being loaded twice.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 import threading
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 from speechadapt.asr import AsrModel, ModelNotFound, ModelStore, load_model
@@ -12,15 +23,36 @@ from speechadapt.asr.package import read_card
 from speechadapt.asr.store import ModelRef
 
 BUILTIN_DEFAULT = "base-en"
+log = logging.getLogger(__name__)
+
+Key = tuple[str, int, str]
+
+
+def model_bytes(model: AsrModel) -> int:
+    """Memory a loaded model holds: its parameters and buffers."""
+    net = model.net
+    return sum(t.numel() * t.element_size() for t in list(net.parameters()) + list(net.buffers()))
+
+
+@dataclass
+class _Entry:
+    model: AsrModel
+    nbytes: int
 
 
 class ModelRegistry:
-    def __init__(self, store_root: Path, default_model: str | None = None, device: str = "cpu"):
+    def __init__(self, store_root: Path, default_model: str | None = None, device: str = "cpu",
+                 memory_budget_bytes: int = 1024 * 1024 * 1024):
         self.store = ModelStore(store_root)
         self.default_model = default_model
         self.device = device
-        self._loaded: dict[tuple[str, int, str], AsrModel] = {}
+        self.memory_budget_bytes = memory_budget_bytes
+        self._loaded: OrderedDict[Key, _Entry] = OrderedDict()  # least recently requested first
+        self._unloaded: weakref.WeakValueDictionary[Key, AsrModel] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
+        self._idle_refs: int | None = None  # sys.getrefcount of a model only the registry holds
+        self.loads = 0  # models read from disk (a reload after eviction counts again)
+        self.evictions = 0
 
     def default_ref(self) -> str:
         if self.default_model:
@@ -39,21 +71,72 @@ class ModelRegistry:
         """"" = default; raises ValueError (bad reference) or ModelNotFound."""
         return self.store.resolve(ref or self.default_ref())
 
+    @staticmethod
+    def _key(ref: ModelRef) -> Key:
+        return (ref.name, ref.version, str(ref.path))
+
     def load(self, ref: ModelRef) -> AsrModel:
-        key = (ref.name, ref.version, str(ref.path))
+        """The loaded model for `ref` (loading it, and unloading idle ones beyond the budget, when needed)."""
+        key = self._key(ref)
         with self._lock:
-            model = self._loaded.get(key)
-            if model is None:
+            entry = self._loaded.get(key)
+            if entry is not None:
+                self._loaded.move_to_end(key)
+                return entry.model
+            model = self._unloaded.pop(key, None)  # unloaded but still serving a stream: take it back
+            fresh = model is None
+            if fresh:
                 model = load_model(ref.path, device=self.device)
                 model.ref = ref
-                self._loaded[key] = model
-            return model
+                self.loads += 1
+            entry = _Entry(model, model_bytes(model))
+            del model
+            self._loaded[key] = entry
+            if fresh and self._idle_refs is None:
+                self._idle_refs = sys.getrefcount(entry.model)
+            self._evict(keep=key)
+            return entry.model
 
     async def get(self, ref: str) -> AsrModel:
         mref = self.resolve(ref)
-        key = (mref.name, mref.version, str(mref.path))
-        model = self._loaded.get(key)
-        return model if model is not None else await asyncio.to_thread(self.load, mref)
+        with self._lock:
+            entry = self._loaded.get(self._key(mref))
+            if entry is not None:
+                self._loaded.move_to_end(self._key(mref))
+                return entry.model
+        return await asyncio.to_thread(self.load, mref)
+
+    def loaded(self) -> list[str]:
+        """`name@version` of the models held, least recently requested first."""
+        with self._lock:
+            return [f"{k[0]}@{k[1]}" for k in self._loaded]
+
+    def loaded_bytes(self) -> int:
+        with self._lock:
+            return sum(e.nbytes for e in self._loaded.values())
+
+    def _in_use(self, entry: _Entry) -> bool:
+        # Requests reference the model (their session and stream objects); the registry's own references are
+        # counted when the entry is made, with the same number of temporaries as here.
+        return self._idle_refs is None or sys.getrefcount(entry.model) > self._idle_refs
+
+    def _evict(self, keep: Key) -> None:
+        total = sum(e.nbytes for e in self._loaded.values())
+        for key in list(self._loaded):
+            if total <= self.memory_budget_bytes:
+                break
+            entry = self._loaded[key]
+            if key == keep or self._in_use(entry):
+                continue
+            del self._loaded[key]
+            self._unloaded[key] = entry.model
+            total -= entry.nbytes
+            self.evictions += 1
+            log.info("unloaded %s@%d (%.1f MiB) to stay within the %.0f MiB model memory budget",
+                     key[0], key[1], entry.nbytes / 2**20, self.memory_budget_bytes / 2**20)
+        if total > self.memory_budget_bytes:
+            log.warning("loaded models hold %.1f MiB, over the %.0f MiB budget: the rest are in use",
+                        total / 2**20, self.memory_budget_bytes / 2**20)
 
     def cards(self, name: str = "", all_versions: bool = False) -> list[tuple[ModelRef, object]]:
         names = [name] if name else self.store.names()

@@ -255,11 +255,23 @@ def test_models_service(server):
     assert code == grpc.StatusCode.NOT_FOUND and bad == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_adaptation_is_declared_but_unimplemented(server):
+def test_adaptation_service_answers(server):
     with grpc.insecure_channel(server.address) as ch:
         stub = adaptation_pb2_grpc.AdaptationStub(ch)
+        stub.ListJobs(adaptation_pb2.ListJobsRequest())
+        code, msg = error_of(lambda: stub.GetJob(adaptation_pb2.GetJobRequest(id="job-none")))
+        assert code == grpc.StatusCode.NOT_FOUND and "job-none" in msg
         code, msg = error_of(lambda: stub.SubmitJob(adaptation_pb2.SubmitJobRequest()))
-    assert code == grpc.StatusCode.UNIMPLEMENTED and "SubmitJob" in msg
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "spec" in msg
+
+
+def test_unusable_state_dir_refuses_adaptation_and_keeps_recognizing(make_server, tmp_path, clean_utterances):
+    (tmp_path / "file").write_text("not a folder")
+    srv = make_server(state_dir=tmp_path / "file" / "state")
+    with grpc.insecure_channel(srv.address) as ch:
+        code, msg = error_of(lambda: adaptation_pb2_grpc.AdaptationStub(ch).ListJobs(adaptation_pb2.ListJobsRequest()))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "--state-dir" in msg
+    assert_serves(srv, clean_utterances)
 
 
 def test_health_and_reflection(server):

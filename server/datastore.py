@@ -1,0 +1,263 @@
+"""The data store: content-addressed uploads for adaptation jobs, under `STATE_DIR/data`.
+
+    blobs/<sha[:2]>/<sha>          complete audio files, named by the sha256 of their bytes (no extension:
+                                   soundfile sniffs WAV/FLAC/OGG from the header)
+    blobs/<sha[:2]>/<sha>.part     a blob being uploaded: chunks are appended in order; its size is what
+                                   CheckUpload reports as bytes_present, so an interrupted upload resumes there
+    manifests/<sha>.jsonl          an uploaded manifest, byte for byte (its "audio" fields are blob sha256s)
+    manifests/<sha>.json           what was measured: {"name", "utterances", "audio_seconds"}
+    manifests/<sha>.resolved.jsonl the same lines with "audio" an absolute blob path and "duration" filled in:
+                                   what `data://<sha>` resolves to for training jobs
+
+A blob is verified when its last byte arrives: a sha256 mismatch discards the partial file (DATA_LOSS).
+Every failure is an `UploadError` carrying the gRPC status to answer and a message that says what to fix.
+Methods are blocking (file I/O and hashing): call them off the event loop. They are thread-safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+DATA_URI = "data://"
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+MAX_MANIFEST_LINES = 1_000_000
+
+
+class UploadError(Exception):
+    """An upload that cannot be accepted; `code` is the gRPC status to answer with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class BlobState:
+    sha256: str
+    bytes_present: int
+    complete: bool
+
+
+@dataclass(frozen=True)
+class ManifestInfo:
+    uri: str  # data://<sha256 of the manifest bytes>
+    utterances: int
+    audio_seconds: float
+
+
+def check_sha(sha: str, what: str = "sha256") -> str:
+    """A lower-case hex sha256, or UploadError(INVALID_ARGUMENT)."""
+    s = (sha or "").strip().lower()
+    if not _SHA.match(s):
+        raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, f"{what} {sha!r} is not a sha256: use 64 hex digits")
+    return s
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class DataStore:
+    def __init__(self, root: str | Path, max_blob_bytes: int):
+        self.root = Path(root)
+        self.max_blob_bytes = max_blob_bytes
+        (self.root / "blobs").mkdir(parents=True, exist_ok=True)
+        (self.root / "manifests").mkdir(parents=True, exist_ok=True)
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    # -- blobs
+
+    def blob_path(self, sha: str) -> Path:
+        return self.root / "blobs" / sha[:2] / sha
+
+    def _part(self, sha: str) -> Path:
+        return self.root / "blobs" / sha[:2] / f"{sha}.part"
+
+    def _lock(self, sha: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(sha, threading.Lock())
+
+    def status(self, sha: str) -> BlobState:
+        """How much of a blob is held (its full size when complete)."""
+        sha = check_sha(sha)
+        final = self.blob_path(sha)
+        if final.is_file():
+            return BlobState(sha, final.stat().st_size, True)
+        part = self._part(sha)
+        return BlobState(sha, part.stat().st_size if part.is_file() else 0, False)
+
+    def write_chunk(self, sha: str, total_size: int, offset: int, data: bytes) -> tuple[int, bool]:
+        """Add `data` at `offset` of blob `sha` (of `total_size` bytes). Returns (bytes written, blob now complete).
+
+        Chunks must continue where the store's copy ends (`offset` <= bytes present; bytes already held are
+        skipped, so resending is harmless). The last byte triggers verification against `sha`."""
+        sha = check_sha(sha, "blob.sha256")
+        if total_size < 1:
+            raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, f"blob {sha[:12]}: total_size must be the blob's size in bytes (> 0), not {total_size}")
+        if total_size > self.max_blob_bytes:
+            raise UploadError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"blob {sha[:12]}: {total_size} bytes is over this server's limit of {self.max_blob_bytes} "
+                              "bytes per file; split or compress the audio (e.g. FLAC), or ask for a larger --max-upload-mb")
+        if offset < 0 or offset + len(data) > total_size:
+            raise UploadError(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"blob {sha[:12]}: a chunk of {len(data)} bytes at offset {offset} does not fit in total_size {total_size}")
+        with self._lock(sha):
+            final = self.blob_path(sha)
+            if final.is_file():
+                if final.stat().st_size != total_size:
+                    raise UploadError(grpc.StatusCode.INVALID_ARGUMENT,
+                                      f"blob {sha[:12]}: the store holds it with {final.stat().st_size} bytes, not total_size {total_size}")
+                return 0, True
+            part = self._part(sha)
+            part.parent.mkdir(parents=True, exist_ok=True)
+            present = part.stat().st_size if part.is_file() else 0
+            if present > total_size:
+                part.unlink()
+                raise UploadError(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"blob {sha[:12]}: {present} bytes were uploaded before with a different size; "
+                                  "they were discarded, upload it again from offset 0")
+            if offset > present:
+                raise UploadError(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"blob {sha[:12]}: chunk at offset {offset}, but the store holds only {present} bytes of it; "
+                                  f"send chunks in order and resume from offset {present} (see CheckUpload)")
+            skip = present - offset
+            written = 0
+            if skip < len(data):
+                with open(part, "ab") as f:
+                    written = f.write(data[skip:])
+                present += written
+            if present < total_size:
+                return written, False
+            digest = _sha256_file(part)
+            if digest != sha:
+                part.unlink()
+                raise UploadError(grpc.StatusCode.DATA_LOSS,
+                                  f"blob {sha[:12]}: the {total_size} bytes received hash to sha256 {digest}, not {sha}; "
+                                  "the partial upload was discarded: check the file and upload it again from offset 0")
+            with open(part, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(part, final)
+            _fsync_dir(final.parent)
+            return written, True
+
+    # -- manifests
+
+    def add_manifest(self, content: bytes, name: str = "") -> ManifestInfo:
+        """Store a JSON-lines manifest whose "audio" fields are sha256s of complete blobs; returns its data URI.
+
+        Raises UploadError: INVALID_ARGUMENT (listing the bad lines), FAILED_PRECONDITION (listing blobs that are
+        missing or incomplete: upload them first)."""
+        import soundfile as sf
+
+        problems: list[str] = []
+        items: list[dict] = []
+        try:
+            text = content.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, f"manifest {name!r} is not UTF-8 text") from None
+        lines = text.splitlines()
+        if len(lines) > MAX_MANIFEST_LINES:
+            raise UploadError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"manifest {name!r} has more than {MAX_MANIFEST_LINES} lines")
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as e:
+                problems.append(f"line {n}: not valid JSON ({e.msg})")
+                continue
+            if not isinstance(d, dict) or not isinstance(d.get("audio"), str) or not isinstance(d.get("text"), str):
+                problems.append(f'line {n}: each line needs string fields "audio" (a blob sha256) and "text"')
+                continue
+            if not _SHA.match(d["audio"].strip().lower()):
+                problems.append(f'line {n}: "audio" {d["audio"][:80]!r} must be the sha256 of an uploaded blob (64 hex digits)')
+                continue
+            d["audio"] = d["audio"].strip().lower()
+            items.append(d)
+        if not items and not problems:
+            problems.append("the manifest has no utterances: give one JSON object per line")
+        if problems:
+            raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, _listing(f"manifest {name!r} has problems", problems))
+        missing = sorted({d["audio"] for d in items if not self.blob_path(d["audio"]).is_file()})
+        if missing:
+            raise UploadError(grpc.StatusCode.FAILED_PRECONDITION,
+                              _listing(f"manifest {name!r} names {len(missing)} blob(s) the store does not hold complete; "
+                                       "upload them (before the manifest) and retry", missing))
+        durations: dict[str, float] = {}
+        for sha in {d["audio"] for d in items}:
+            try:
+                info = sf.info(str(self.blob_path(sha)))
+                durations[sha] = info.frames / info.samplerate
+            except (RuntimeError, sf.LibsndfileError) as e:
+                problems.append(f"blob {sha}: not an audio file soundfile can read ({e})")
+        if problems:
+            raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, _listing(f"manifest {name!r} names unreadable audio", sorted(problems)))
+
+        sha = hashlib.sha256(content).hexdigest()
+        folder = self.root / "manifests"
+        _atomic_write(folder / f"{sha}.jsonl", content)
+        info = {"name": name, "utterances": len(items), "audio_seconds": round(sum(durations[d["audio"]] for d in items), 3)}
+        _atomic_write(folder / f"{sha}.json", json.dumps(info).encode())
+        self._write_resolved(sha, items, durations)
+        return ManifestInfo(DATA_URI + sha, info["utterances"], info["audio_seconds"])
+
+    def known(self, uri: str) -> bool:
+        sha = uri[len(DATA_URI):] if uri.startswith(DATA_URI) else ""
+        return bool(_SHA.match(sha)) and (self.root / "manifests" / f"{sha}.jsonl").is_file()
+
+    def resolve(self, uri: str) -> Path:
+        """`data://<sha>` -> a manifest file on this machine with absolute audio paths. LookupError when unknown."""
+        if not self.known(uri):
+            raise LookupError(f"{uri} is not in this server's data store: upload the data with UploadData first")
+        sha = uri[len(DATA_URI):]
+        resolved = self.root / "manifests" / f"{sha}.resolved.jsonl"
+        if not resolved.is_file():  # e.g. written by an older server, or removed: rebuild from the original
+            items = [json.loads(line) for line in (self.root / "manifests" / f"{sha}.jsonl").read_text().splitlines() if line.strip()]
+            self._write_resolved(sha, items, {})
+        return resolved
+
+    def _write_resolved(self, sha: str, items: list[dict], durations: dict[str, float]) -> None:
+        out = []
+        for d in items:
+            r = dict(d)
+            r["audio"] = str(self.blob_path(d["audio"]).absolute())
+            if "duration" not in r and d["audio"] in durations:
+                r["duration"] = round(durations[d["audio"]], 4)
+            out.append(json.dumps(r))
+        _atomic_write(self.root / "manifests" / f"{sha}.resolved.jsonl", ("\n".join(out) + "\n").encode())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _listing(head: str, items: list[str], limit: int = 20) -> str:
+    shown = "; ".join(items[:limit])
+    more = f"; and {len(items) - limit} more" if len(items) > limit else ""
+    return f"{head}: {shown}{more}"
