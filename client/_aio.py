@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+import inspect
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import grpc.aio
 
-from speechadapt.client._grpc import Config, RequestFeed, channel_credentials, check_target, file_config
+from speechadapt.client import jobs
+from speechadapt.client._grpc import Config, RequestFeed, WaitClock, channel_credentials, check_target, file_config
 from speechadapt.client.audio import apaced, bytes_per_second, pcm_chunks, read_audio
-from speechadapt.client.types import ModelInfo, Result, SpeechAdaptError
-from speechadapt.v1 import models_pb2, models_pb2_grpc, recognizer_pb2, recognizer_pb2_grpc
-
+from speechadapt.client.types import Job, JobEvent, ModelInfo, Result, SpeechAdaptError
+from speechadapt.client.upload import DEFAULT_CHUNK_BYTES, ProgressCallback, Upload, read_local_manifest
+from speechadapt.v1 import (
+    adaptation_pb2, adaptation_pb2_grpc, models_pb2, models_pb2_grpc, recognizer_pb2, recognizer_pb2_grpc,
+)
 
 
 class AsyncSpeechClient:
@@ -26,6 +30,9 @@ class AsyncSpeechClient:
         async with AsyncSpeechClient("127.0.0.1:50051") as client:
             async for result in client.stream_file("call.wav", realtime=True):
                 print(result.transcript)
+            job = await client.submit_job("job.yaml", upload=True)
+            async for event in client.watch_job(job.id):
+                print(event.phase, event.step, event.dev_wer)
     """
 
     def __init__(self, target: str, *, tls: bool = False, root_certificates: bytes | str | Path | None = None,
@@ -47,6 +54,7 @@ class AsyncSpeechClient:
                              else grpc.aio.insecure_channel(self.target, opts))
             self._recognizer_stub = recognizer_pb2_grpc.RecognizerStub(self._channel)
             self._models_stub = models_pb2_grpc.ModelsStub(self._channel)
+            self._adaptation_stub = adaptation_pb2_grpc.AdaptationStub(self._channel)
         return self._channel
 
     @property
@@ -58,6 +66,11 @@ class AsyncSpeechClient:
     def _models(self) -> models_pb2_grpc.ModelsStub:
         self.channel  # noqa: B018 - opens it
         return self._models_stub
+
+    @property
+    def _adaptation(self) -> adaptation_pb2_grpc.AdaptationStub:
+        self.channel  # noqa: B018 - opens it
+        return self._adaptation_stub
 
     # -- lifecycle
 
@@ -133,6 +146,137 @@ class AsyncSpeechClient:
         if not ref:
             raise ValueError("give a model as 'name' or 'name@version'")
         return ModelInfo.from_proto(await self._call(self._models.GetModel, models_pb2.GetModelRequest(model=ref)))
+
+    # -- data upload
+
+    async def upload_data(self, manifest_path: str | Path, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                          on_progress: ProgressCallback | None = None, name: str | None = None) -> str:
+        """Upload a local manifest and its audio (only what the server lacks); its "data://<sha256>" URI.
+        See SpeechClient.upload_data. File reads and hashing run in worker threads; `on_progress` runs
+        on the event loop."""
+        manifest = await asyncio.to_thread(read_local_manifest, manifest_path)
+        return await self._upload(Upload(manifest, chunk_bytes=chunk_bytes, on_progress=on_progress, name=name))
+
+    async def _upload(self, up: Upload) -> str:
+        callback = up.on_progress
+        if callback is not None:  # hashing runs in a worker thread: report on the loop
+            loop = asyncio.get_running_loop()
+            up.on_progress = lambda progress: loop.call_soon_threadsafe(callback, progress)
+        await asyncio.to_thread(up.hash)
+        up.on_progress = callback
+        held, limited = -1, None
+        while True:  # see SpeechClient._upload
+            for req in up.check_requests():
+                up.add_status(await self._call(self._adaptation.CheckUpload, req))
+            if limited is not None and up.held() <= held:
+                raise limited
+            held = up.held()
+            try:
+                resp = await self._adaptation.UploadData(up.arequests(), timeout=self.timeout)
+                break
+            except grpc.RpcError as e:
+                up.raise_error()
+                limited = SpeechAdaptError.from_rpc(e)
+                limited.__cause__ = e
+                if limited.code != "RESOURCE_EXHAUSTED":
+                    raise limited from e
+        up.raise_error()
+        return up.finish(resp)
+
+    # -- adaptation jobs
+
+    async def submit_job(self, spec: jobs.SpecLike, *, upload: bool = False,
+                         on_upload_progress: ProgressCallback | None = None) -> Job:
+        """Submit an adaptation job; its record (QUEUED). See SpeechClient.submit_job."""
+        parsed = await asyncio.to_thread(jobs.load_spec, spec)
+        if upload:
+            local = await asyncio.to_thread(jobs.local_manifests, parsed)
+            if local:
+                await self._check_base_model(parsed.base_model)
+            uploaded: dict[Path, str] = {}
+            for manifest in local.values():
+                if manifest.path not in uploaded:
+                    uploaded[manifest.path] = await self._upload(Upload(manifest, on_progress=on_upload_progress))
+            parsed = jobs.with_uris(parsed, jobs.uploaded_uris(parsed, uploaded))
+        req = adaptation_pb2.SubmitJobRequest(spec=jobs.spec_proto(parsed))
+        return Job.from_proto(await self._call(self._adaptation.SubmitJob, req))
+
+    async def _check_base_model(self, ref: str) -> None:
+        try:
+            await self._call(self._models.GetModel, models_pb2.GetModelRequest(model=ref))
+        except SpeechAdaptError as e:
+            if e.code in ("NOT_FOUND", "INVALID_ARGUMENT"):
+                raise SpeechAdaptError(e.code, f"base_model: {e.message}") from e
+            raise
+
+    async def get_job(self, job_id: str) -> Job:
+        """A job's current record."""
+        req = adaptation_pb2.GetJobRequest(id=jobs.check_id(job_id))
+        return Job.from_proto(await self._call(self._adaptation.GetJob, req))
+
+    async def list_jobs(self, states: str | Iterable[str] | None = None, *, page_size: int = 0) -> list[Job]:
+        """Every job (all pages), optionally only those in `states`."""
+        req = adaptation_pb2.ListJobsRequest(states=jobs.state_values(states), page_size=page_size)
+        out: list[Job] = []
+        tokens: set[str] = set()
+        while True:
+            resp = await self._call(self._adaptation.ListJobs, req)
+            out += [Job.from_proto(j) for j in resp.jobs]
+            if not resp.next_page_token or resp.next_page_token in tokens:
+                return out
+            tokens.add(resp.next_page_token)
+            req.page_token = resp.next_page_token
+
+    async def cancel_job(self, job_id: str) -> Job:
+        """Cancel a queued or running job; its record."""
+        req = adaptation_pb2.CancelJobRequest(id=jobs.check_id(job_id))
+        return Job.from_proto(await self._call(self._adaptation.CancelJob, req))
+
+    def watch_job(self, job_id: str, *, timeout: float | None = None) -> AsyncIterator[JobEvent]:
+        """The job's events (from its start, then live) as an async iterator; ends with the job.
+        `timeout` bounds the whole watch (None: none; the client's timeout does not apply)."""
+        return self._watch(jobs.check_id(job_id), timeout)
+
+    async def _watch(self, job_id: str, timeout: float | None) -> AsyncIterator[JobEvent]:
+        call = self._adaptation.WatchJob(adaptation_pb2.WatchJobRequest(id=job_id), timeout=timeout)
+        try:
+            async for msg in call:
+                ev = JobEvent.from_proto(msg)
+                yield ev
+                if ev.ended:
+                    return
+        except grpc.RpcError as e:
+            raise SpeechAdaptError.from_rpc(e) from e
+        finally:
+            call.cancel()
+
+    async def wait_job(self, job_id: str, timeout: float | None = None,
+                       on_event: Callable[[JobEvent], Any] | None = None) -> Job:
+        """Wait until the job ends; its final record. `on_event` (a function or a coroutine function) sees
+        each event once. See SpeechClient.wait_job."""
+        job_id = jobs.check_id(job_id)
+        clock = WaitClock(job_id, timeout)
+        seen: set[JobEvent] = set()
+        while True:
+            try:
+                async for ev in self._watch(job_id, clock.remaining()):
+                    if ev not in seen:
+                        seen.add(ev)
+                        if on_event is not None and inspect.isawaitable(r := on_event(ev)):
+                            await r
+            except SpeechAdaptError as e:
+                clock.check(e)
+                await asyncio.sleep(clock.pause())
+            job = await self.get_job(job_id)
+            if job.ended:
+                return job
+            clock.check()
+            await asyncio.sleep(clock.pause())
+
+    async def get_job_report(self, job_id: str, out_dir: str | Path) -> dict[str, Any]:
+        """Write metrics.json and training.png into `out_dir`; the metrics as a dict."""
+        report = await self._call(self._adaptation.GetJobReport, adaptation_pb2.GetJobRequest(id=jobs.check_id(job_id)))
+        return await asyncio.to_thread(jobs.save_report, report, out_dir)
 
     async def _call(self, method, request):
         try:

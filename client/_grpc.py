@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import grpc
 
 from speechadapt.client.audio import aiter_chunks
-from speechadapt.client.types import Result, StreamConfig
+from speechadapt.client.types import Result, SpeechAdaptError, StreamConfig
 from speechadapt.v1 import recognizer_pb2
 
 Config = StreamConfig | recognizer_pb2.StreamingRecognitionConfig
@@ -133,3 +134,33 @@ class RequestFeed:
     def raise_error(self) -> None:
         if self.error is not None:
             raise self.error
+
+
+class WaitClock:
+    """The deadline of wait_job (shared by the sync and asyncio clients): which watch errors end the wait,
+    how long the next watch may run, how long to pause before watching again."""
+
+    def __init__(self, job_id: str, timeout: float | None):
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be positive seconds or None, not {timeout}")
+        self.job_id = job_id
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout if timeout is not None else None
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else max(0.001, self.deadline - time.monotonic())
+
+    def pause(self) -> float:
+        """Seconds to wait before watching again (1, or less when the deadline is nearer)."""
+        return 1.0 if self.deadline is None else max(0.0, min(1.0, self.deadline - time.monotonic()))
+
+    def check(self, error: SpeechAdaptError | None = None) -> None:
+        """Raise `error` unless it is a dropped watch (UNAVAILABLE) or this wait's own deadline; raise
+        DEADLINE_EXCEEDED once the time is up."""
+        if error is not None and error.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+            raise error
+        if error is not None and error.code == "DEADLINE_EXCEEDED" and self.deadline is None:
+            raise error
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise SpeechAdaptError("DEADLINE_EXCEEDED", f"job {self.job_id} did not end within {self.timeout:g} s; "
+                                   "it keeps running: wait again, or cancel it") from error

@@ -1,4 +1,4 @@
-"""The `speechadapt` command line: transcribe, models, eval, serve, data synth.
+"""The `speechadapt` command line: transcribe, models, jobs, eval, serve, data synth, pretrain.
 
 Client subcommands need only the light install. `eval`, `serve` and
 `data synth` import their (torch) modules inside the handler, so `--help` and
@@ -14,13 +14,19 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
 from speechadapt import __version__
 from speechadapt.client._sync import SpeechClient
-from speechadapt.client.types import ModelInfo, Result, SpeechAdaptError
+from speechadapt.client.jobs import (
+    JOB_COLUMNS, job_details, job_row, progress_line, server_problems, summary_lines, upload_line,
+)
+from speechadapt.client.types import Job, JobEvent, ModelInfo, Result, SpeechAdaptError
+from speechadapt.client.upload import ManifestError, UploadProgress
+from speechadapt.jobspec import JobSpec, JobSpecError
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -171,6 +177,210 @@ def _models_get(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- jobs
+
+
+def _client(args: argparse.Namespace) -> SpeechClient:
+    return SpeechClient(args.server, tls=args.tls, root_certificates=args.ca_cert)
+
+
+def _problems(title: str, problems: list[str]) -> int:
+    """Every problem on its own line; exit 2."""
+    print(f"error: {title}:", file=sys.stderr)
+    for p in problems:
+        print(f"  - {p}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _rejected(e: SpeechAdaptError, *usage_codes: str) -> int:
+    """A failed call: 2 with every problem the server listed for the usage codes, else 1."""
+    if e.code in usage_codes:
+        title, problems = server_problems(e.message)
+        return _problems(f"{title or 'the server rejected it'} ({e.code})", problems)
+    return _error(e, EXIT_FAIL)
+
+
+def _job_exit(job: Job) -> int:
+    """0 when the job SUCCEEDED (promoted or not), 1 when it FAILED or was CANCELLED."""
+    return EXIT_OK if job.state == "SUCCEEDED" else EXIT_FAIL
+
+
+class _LiveLine:
+    """Progress on one line: rewritten in place (\\r) on a TTY, else one line per change."""
+
+    def __init__(self, out: TextIO):
+        self.out = out
+        self.tty = out.isatty()
+        self.shown = 0
+        self.last = ""
+        self.stage = ""
+        self.when = 0.0
+
+    def show(self, line: str, end: bool = False) -> None:
+        if self.tty:
+            width = max(10, shutil.get_terminal_size().columns - 1)
+            line = line[:width]
+            self.out.write("\r" + line + " " * max(0, self.shown - len(line)) + ("\n" if end else ""))
+            self.shown = 0 if end else len(line)
+            self.out.flush()
+        elif line != self.last:
+            print(line, file=self.out, flush=True)
+        self.last = line
+
+    def event(self, ev: JobEvent) -> None:
+        self.show(progress_line(ev), end=ev.ended)
+
+    def upload(self, p: UploadProgress) -> None:
+        # a TTY gets at most 10 updates a second; a log one line per stage
+        now = time.monotonic()
+        changed = p.stage != self.stage
+        if changed or (self.tty and now - self.when >= 0.1):
+            self.show(upload_line(p), end=p.stage == "done")
+            self.stage, self.when = p.stage, now
+
+    def close(self) -> None:
+        if self.tty and self.shown:
+            self.out.write("\n")
+            self.out.flush()
+            self.shown = 0
+
+
+def _print_job_end(job: Job, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(job.record(), ensure_ascii=False), flush=True)
+    else:
+        for line in summary_lines(job):
+            print(line)
+
+
+def _jobs_submit(args: argparse.Namespace) -> int:
+    try:
+        spec = JobSpec.from_yaml(args.spec)  # every problem of the file, before connecting
+    except JobSpecError as e:
+        return _problems(f"invalid job spec {args.spec}", e.problems)
+    live = _LiveLine(sys.stderr if args.json else sys.stdout)
+    job: Job | None = None
+    try:
+        with _client(args) as client:
+            job = client.submit_job(spec, upload=args.upload, on_upload_progress=live.upload)
+            live.close()
+            if not args.wait:
+                print(json.dumps(job.record(), ensure_ascii=False) if args.json else job.id, flush=True)
+                return EXIT_OK
+            live.show(f"job {job.id} {job.state}", end=True)
+            job = client.wait_job(job.id, timeout=args.timeout, on_event=live.event)
+            live.close()
+    except ManifestError as e:
+        live.close()
+        return _problems(f"cannot upload the data of {args.spec}", e.problems)
+    except SpeechAdaptError as e:
+        live.close()
+        return _rejected(e, *(() if job else ("INVALID_ARGUMENT", "NOT_FOUND")))
+    except (OSError, ValueError) as e:
+        live.close()
+        return _error(e, EXIT_USAGE)
+    except KeyboardInterrupt:
+        live.close()
+        if job is not None:
+            print(f"interrupted; job {job.id} keeps running: speechadapt jobs watch {job.id} "
+                  f"(or jobs cancel {job.id})", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    _print_job_end(job, args.json)
+    return _job_exit(job)
+
+
+def _jobs_watch(args: argparse.Namespace) -> int:
+    live = _LiveLine(sys.stdout)
+
+    def show(ev: JobEvent) -> None:
+        if args.json:
+            print(json.dumps(ev.to_dict(), ensure_ascii=False), flush=True)
+        else:
+            live.event(ev)
+
+    try:
+        with _client(args) as client:
+            job = client.wait_job(args.id, timeout=args.timeout, on_event=show)
+    except SpeechAdaptError as e:
+        live.close()
+        return _rejected(e, "INVALID_ARGUMENT")
+    except ValueError as e:
+        return _error(e, EXIT_USAGE)
+    except KeyboardInterrupt:
+        live.close()
+        return EXIT_INTERRUPTED
+    live.close()
+    if not args.json:
+        _print_job_end(job, False)
+    return _job_exit(job)
+
+
+def _jobs_list(args: argparse.Namespace) -> int:
+    states = [s for v in args.state for s in v.split(",") if s.strip()]
+    try:
+        with _client(args) as client:
+            found = client.list_jobs(states or None)
+    except SpeechAdaptError as e:
+        return _rejected(e, "INVALID_ARGUMENT")
+    except ValueError as e:
+        return _error(e, EXIT_USAGE)
+    if args.json:
+        for job in found:
+            print(json.dumps(job.to_dict(), ensure_ascii=False))
+    elif found:
+        _print_table([JOB_COLUMNS] + [job_row(j) for j in found], sys.stdout)
+    else:
+        print("no jobs", file=sys.stderr)
+    return EXIT_OK
+
+
+def _jobs_get(args: argparse.Namespace) -> int:
+    try:
+        with _client(args) as client:
+            job = client.get_job(args.id)
+    except SpeechAdaptError as e:
+        return _rejected(e, "INVALID_ARGUMENT")
+    except ValueError as e:
+        return _error(e, EXIT_USAGE)
+    if args.json:
+        print(json.dumps(job.to_dict(), ensure_ascii=False))
+    else:
+        rows = job_details(job)
+        width = max(len(k) for k, _ in rows)
+        for k, v in rows:
+            print(f"{k.ljust(width)}  {v}")
+    return EXIT_OK
+
+
+def _jobs_cancel(args: argparse.Namespace) -> int:
+    try:
+        with _client(args) as client:
+            job = client.cancel_job(args.id)
+    except SpeechAdaptError as e:
+        return _rejected(e, "INVALID_ARGUMENT")
+    except ValueError as e:
+        return _error(e, EXIT_USAGE)
+    print(json.dumps(job.record(), ensure_ascii=False) if args.json else f"job {job.id} {job.state}")
+    return EXIT_OK
+
+
+def _jobs_report(args: argparse.Namespace) -> int:
+    try:
+        with _client(args) as client:
+            metrics = client.get_job_report(args.id, args.out)
+    except SpeechAdaptError as e:
+        return _rejected(e, "INVALID_ARGUMENT")
+    except (OSError, ValueError) as e:
+        return _error(e, EXIT_USAGE)
+    if args.json:
+        print(json.dumps(metrics, ensure_ascii=False))
+    else:
+        out = Path(args.out)
+        files = [out / name for name in ("metrics.json", "training.png") if (out / name).is_file()]
+        print("wrote " + ", ".join(str(f) for f in files))
+    return EXIT_OK
+
+
 # -- eval, serve (in-process, need the server extra)
 
 
@@ -207,6 +417,9 @@ def _serve(args: argparse.Namespace) -> int:
             tls_cert=Path(args.tls_cert) if args.tls_cert else None,
             tls_key=Path(args.tls_key) if args.tls_key else None,
             max_streams=args.max_streams, max_message_bytes=args.max_message_mb * 1024 * 1024, device=args.device,
+            state_dir=Path(args.state_dir) if args.state_dir else None, ray_address=args.ray_address,
+            model_memory_mb=args.model_memory_mb, max_blob_bytes=args.max_upload_mb * 1024 * 1024,
+            max_upload_bytes=args.max_upload_mb * 1024 * 1024,
         )
         return run(config)
     except ValueError as e:
@@ -223,6 +436,56 @@ def _positive_int(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
     return n
+
+
+def _positive_float(text: str) -> float:
+    x = float(text)
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return x
+
+
+def _add_jobs(sub: argparse._SubParsersAction, conn: argparse.ArgumentParser) -> None:
+    jobs = sub.add_parser("jobs", help="adaptation jobs: submit, watch, list, get, cancel, report",
+                          description="Adaptation jobs fine-tune a model on your audio on the server's Ray cluster "
+                                      "and publish a new version when it beats the base model.")
+    jsub = jobs.add_subparsers(dest="jobs_command", metavar="COMMAND", required=True)
+    p = jsub.add_parser("submit", parents=[conn], help="submit a job from a YAML spec",
+                        description="Exit status with --wait: 0 when the job SUCCEEDED (promoted or not), 1 when it "
+                                    "FAILED or was CANCELLED, 2 for an invalid spec or data.")
+    p.add_argument("spec", metavar="SPEC.yaml",
+                   help="job spec (keys: name, base_model, train_manifest, dev_manifest, ...)")
+    p.add_argument("--upload", action="store_true",
+                   help="upload local manifests and their audio first (only what the server does not hold yet)")
+    p.add_argument("--wait", action="store_true", help="show progress until the job ends, then a summary")
+    p.add_argument("--timeout", type=_positive_float, default=None, metavar="S",
+                   help="with --wait: stop waiting after S seconds (the job keeps running)")
+    p.add_argument("--json", action="store_true", help='print the job record {"id", "state", "promoted", "reason", '
+                   '"model", "version", "metrics"} as JSON (progress goes to stderr)')
+    p.set_defaults(_handler=_jobs_submit)
+    p = jsub.add_parser("watch", parents=[conn], help="follow a job's progress until it ends")
+    p.add_argument("id", metavar="ID", help="job id")
+    p.add_argument("--timeout", type=_positive_float, default=None, metavar="S", help="stop after S seconds")
+    p.add_argument("--json", action="store_true", help="one JSON object per progress event per line")
+    p.set_defaults(_handler=_jobs_watch)
+    p = jsub.add_parser("list", parents=[conn], help="list jobs")
+    p.add_argument("--state", action="append", default=[], metavar="S",
+                   help="only jobs in this state: QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED (repeatable)")
+    p.add_argument("--json", action="store_true", help="one JSON object per job per line")
+    p.set_defaults(_handler=_jobs_list)
+    p = jsub.add_parser("get", parents=[conn], help="show one job")
+    p.add_argument("id", metavar="ID", help="job id")
+    p.add_argument("--json", action="store_true", help="print the job as one JSON object")
+    p.set_defaults(_handler=_jobs_get)
+    p = jsub.add_parser("cancel", parents=[conn], help="cancel a queued or running job")
+    p.add_argument("id", metavar="ID", help="job id")
+    p.add_argument("--json", action="store_true", help="print the job record as JSON")
+    p.set_defaults(_handler=_jobs_cancel)
+    p = jsub.add_parser("report", parents=[conn], help="save a job's metrics.json and training.png")
+    p.add_argument("id", metavar="ID", help="job id")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write metrics.json and training.png into")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(_handler=_jobs_report)
 
 
 def _port(text: str) -> int:
@@ -288,6 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the model as one JSON object")
     p.set_defaults(_handler=_models_get)
 
+    _add_jobs(sub, conn)
+
     p = sub.add_parser("eval", help="word/character error rate of a model on a manifest (in-process)")
     p.add_argument("--model", required=True, metavar="NAME|PATH", help="model package folder or 'name[@version]'")
     p.add_argument("--model-store", default=None, metavar="DIR", help="model store to resolve names in")
@@ -308,6 +573,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-message-mb", type=_positive_int, default=8, metavar="N",
                    help="largest gRPC message in MiB (default: 8)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--model-memory-mb", type=_positive_int, default=1024, metavar="N",
+                   help="weights of loaded models kept in memory; idle ones beyond it are unloaded (default: 1024)")
+    p.add_argument("--state-dir", default=None, metavar="DIR",
+                   help="adaptation jobs, uploads and run folders (default: <model-store>-state beside the store)")
+    p.add_argument("--ray-address", default=None, metavar="URL",
+                   help="Ray cluster for adaptation jobs, e.g. http://HEAD:8265 (default: a local head on 127.0.0.1 "
+                        "that the server starts when a job needs it and stops with the server)")
+    p.add_argument("--max-upload-mb", type=_positive_int, default=2048, metavar="N",
+                   help="most audio one UploadData call may carry, and so the largest file, in MiB (default: 2048)")
     p.set_defaults(_handler=_serve, _check=functools.partial(_check_serve, parser=p))
 
     data = sub.add_parser("data", help="prepare training and evaluation data")

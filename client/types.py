@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 
-from speechadapt.v1 import models_pb2, recognizer_pb2
+from speechadapt.jobspec import JobSpec, JobSpecError
+from speechadapt.v1 import adaptation_pb2, models_pb2, recognizer_pb2
 
 MIN_RATE, MAX_RATE = 8000, 48000  # what the server accepts
 MAX_CHANNELS = 8
@@ -273,4 +276,197 @@ class StreamConfig:
         )
 
 
-__all__ = ["Alternative", "ModelInfo", "Result", "SpeechAdaptError", "StreamConfig", "Word", "seconds"]
+# -- adaptation jobs
+
+JOB_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+
+
+def state_name(value: int) -> str:
+    """A JobState number as its name ("RUNNING"); "UNSPECIFIED" for 0, "STATE_<n>" for one this client does not know."""
+    if value == adaptation_pb2.JOB_STATE_UNSPECIFIED:
+        return "UNSPECIFIED"
+    try:
+        return adaptation_pb2.JobState.Name(value)
+    except ValueError:
+        return f"STATE_{value}"
+
+
+def _time(msg: Any, name: str) -> datetime | None:
+    """A Timestamp field as an aware UTC datetime; None when unset or zero."""
+    if not msg.HasField(name):
+        return None
+    ts: Timestamp = getattr(msg, name)
+    if not (ts.seconds or ts.nanos):
+        return None
+    return ts.ToDatetime(tzinfo=timezone.utc)
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat().replace("+00:00", "Z") if t is not None else None
+
+
+def _measured(x: float) -> float | None:
+    """A score the contract marks "negative when not measured" (WER, relatedness): None then."""
+    x = float(x)
+    return x if math.isfinite(x) and x >= 0 else None
+
+
+@dataclass(frozen=True)
+class JobMetrics:
+    """Before/after numbers of an adaptation job. WERs are fractions (0.112 = 11.2 %); None = not measured (yet).
+
+    `relatedness` is base source WER / base target WER (near 1: the target is no harder than the source
+    domain, near 0: far apart).
+    """
+
+    base_target_wer: float | None = None
+    adapted_target_wer: float | None = None
+    base_source_wer: float | None = None
+    adapted_source_wer: float | None = None
+    relatedness: float | None = None
+    trained_parameters: int = 0
+    total_parameters: int = 0
+
+    WERS = ("base_target_wer", "adapted_target_wer", "base_source_wer", "adapted_source_wer")
+
+    @classmethod
+    def from_proto(cls, m: adaptation_pb2.JobMetrics) -> JobMetrics:
+        return cls(
+            base_target_wer=_measured(m.base_target_wer), adapted_target_wer=_measured(m.adapted_target_wer),
+            base_source_wer=_measured(m.base_source_wer), adapted_source_wer=_measured(m.adapted_source_wer),
+            relatedness=_measured(m.relatedness), trained_parameters=m.trained_parameters,
+            total_parameters=m.total_parameters,
+        )
+
+    def wers(self) -> dict[str, float | None]:
+        """The four WERs, as the CLI's job record carries them."""
+        return {k: getattr(self, k) for k in self.WERS}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One progress event of a job: its state, the phase ("validate", "baseline", "train", "evaluate",
+    "publish"), training step of total, loss, dev WER (None = not measured), `eta` in seconds (None =
+    unknown: the wire's unset or zero duration), the event `time` (UTC) and a human message."""
+
+    job_id: str
+    state: str
+    phase: str = ""
+    step: int = 0
+    total_steps: int = 0
+    loss: float = 0.0
+    dev_wer: float | None = None
+    eta: float | None = None
+    time: datetime | None = None
+    message: str = ""
+
+    @property
+    def ended(self) -> bool:
+        """The job is over (SUCCEEDED, FAILED or CANCELLED): the last event of a watch."""
+        return self.state in TERMINAL_STATES
+
+    @classmethod
+    def from_proto(cls, e: adaptation_pb2.JobEvent) -> JobEvent:
+        return cls(
+            job_id=e.job_id, state=state_name(e.state), phase=e.phase, step=e.step, total_steps=e.total_steps,
+            loss=float(e.loss), dev_wer=_measured(e.dev_wer),
+            eta=seconds(e.eta) if e.HasField("eta") and seconds(e.eta) > 0 else None, time=_time(e, "time"),
+            message=e.message,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: every field, `time` as ISO 8601 UTC."""
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["time"] = _iso(self.time)
+        return d
+
+
+@dataclass(frozen=True)
+class Job:
+    """An adaptation job as the server records it.
+
+    `promoted` says whether a new model version was published (then `model`@`version` names it);
+    `reason` says why (not), or why the job failed. Times are aware UTC datetimes (None until they
+    happen); `progress` is the latest event. `spec` is None only if the server sent one this client
+    cannot read.
+    """
+
+    id: str
+    state: str
+    spec: JobSpec | None = None
+    promoted: bool = False
+    reason: str = ""
+    model: str = ""
+    version: int = 0
+    metrics: JobMetrics = field(default_factory=JobMetrics)
+    create_time: datetime | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    progress: JobEvent | None = None
+    ray_job_id: str = ""
+
+    @property
+    def ended(self) -> bool:
+        """SUCCEEDED, FAILED or CANCELLED."""
+        return self.state in TERMINAL_STATES
+
+    @property
+    def succeeded(self) -> bool:
+        """The job ran to the end (whether or not the adapted model was promoted)."""
+        return self.state == "SUCCEEDED"
+
+    @property
+    def model_ref(self) -> str:
+        """"name@version" of the published model, "" when nothing was published."""
+        return f"{self.model}@{self.version}" if self.model and self.version else ""
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to end (None until the job has both)."""
+        if self.start_time is None or self.end_time is None:
+            return None
+        return (self.end_time - self.start_time).total_seconds()
+
+    @classmethod
+    def from_proto(cls, j: adaptation_pb2.Job) -> Job:
+        spec = None
+        if j.HasField("spec"):
+            try:
+                spec = JobSpec.from_proto(j.spec)
+            except JobSpecError:
+                spec = None
+        return cls(
+            id=j.id, state=state_name(j.state), spec=spec, promoted=j.promoted, reason=j.reason,
+            model=j.model, version=j.version,
+            metrics=JobMetrics.from_proto(j.metrics) if j.HasField("metrics") else JobMetrics(),
+            create_time=_time(j, "create_time"), start_time=_time(j, "start_time"), end_time=_time(j, "end_time"),
+            progress=JobEvent.from_proto(j.progress) if j.HasField("progress") else None,
+            ray_job_id=j.ray_job_id,
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The CLI's job record (`speechadapt jobs submit --json`): id, state, promoted, reason, model,
+        version and metrics {base_target_wer, adapted_target_wer, base_source_wer, adapted_source_wer}."""
+        return {"id": self.id, "state": self.state, "promoted": self.promoted, "reason": self.reason,
+                "model": self.model, "version": self.version, "metrics": self.metrics.wers()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, JSON-ready: the record's keys (metrics with all their fields) plus spec, times
+        (ISO 8601 UTC), progress and ray_job_id."""
+        d = self.record()
+        d["metrics"] = self.metrics.to_dict()
+        d.update(
+            spec=self.spec.to_dict() if self.spec is not None else None,
+            create_time=_iso(self.create_time), start_time=_iso(self.start_time), end_time=_iso(self.end_time),
+            progress=self.progress.to_dict() if self.progress is not None else None,
+            ray_job_id=self.ray_job_id,
+        )
+        return d
+
+
+__all__ = ["Alternative", "JOB_STATES", "Job", "JobEvent", "JobMetrics", "ModelInfo", "Result", "SpeechAdaptError",
+           "StreamConfig", "TERMINAL_STATES", "Word", "seconds", "state_name"]
