@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR ?= .cache/demo
 
-.PHONY: install system-deps test demo proto proto-check bench clean
+.PHONY: install system-deps test demo proto proto-check bench clean base-en
 
 system-deps:
 	@{ command -v espeak-ng && test -f /usr/share/dict/words; } >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng wamerican; }
@@ -29,6 +29,21 @@ test: install
 
 demo: install
 	DEMO_DIR=$(DEMO_DIR) PY=$(PY) bash deploy/demo.sh
+
+# Rebuild the shipped base model from nothing (~90 min on 2 cores): corpus, Ray Train pretraining, benchmark,
+# model card; then copies the package into asr/models/base-en (package data).
+BASE_DIR ?= .cache/base-en
+base-en: install
+	$(PY) -m speechadapt.training.synth --out $(BASE_DIR)/corpus/train --voices en-us,en-gb --variants 10 \
+	    --vocab-size 1000 --hours 3.5 --seed 1 --noise-snr 15:35 --noise-prob 0.3 --speed-perturb 0.9,1.0,1.1
+	$(PY) -m speechadapt.training.synth --out $(BASE_DIR)/corpus/dev --voices en-us,en-gb --variants 10 \
+	    --vocab-size 1000 --count 300 --seed 2
+	$(PY) -m speechadapt.training.pretrain --config training/configs/base-en.yaml
+	$(PY) bench/base_model.py --model models/base-en/1 --train-summary $(BASE_DIR)/corpus/train/summary.json \
+	    --out bench/results/base_model.json
+	$(PY) -m speechadapt.training.model_card models/base-en/1 --corpus $(BASE_DIR)/corpus/train \
+	    --dev-corpus $(BASE_DIR)/corpus/dev --bench bench/results/base_model.json --reproduce "make base-en"
+	rm -rf asr/models/base-en && mkdir -p asr/models/base-en && cp models/base-en/1/* asr/models/base-en/
 
 clean:
 	rm -rf .cache build *.egg-info .pytest_cache

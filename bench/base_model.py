@@ -119,13 +119,21 @@ def _split_speaker(speaker: str) -> tuple[str, str]:
 
 
 def _from_summary(path: Path, info: TrainingInfo) -> None:
+    s = json.loads(path.read_text())
+    _from_summary_data(s, str(path), info)
+    manifest = path.parent / "manifest.jsonl"
+    if manifest.is_file():
+        _texts(manifest, info)
+
+
+def _from_summary_data(s: dict, source: str, info: TrainingInfo) -> None:
+    """A corpus summary (summary.json, or the copy a shipped model card keeps in lineage["corpus"])."""
     from speechadapt.training.synth import resolve_variants, list_variants
 
-    s = json.loads(path.read_text())
     if not isinstance(s, dict) or not isinstance(s.get("config"), dict):
-        raise ValueError(f"{path} is not a corpus summary (no \"config\")")
+        raise ValueError(f"{source} is not a corpus summary (no \"config\")")
     cfg = s["config"]
-    info.source = str(path)
+    info.source = source
     info.voices = sorted(s.get("voices") or cfg.get("voices") or [])
     if s.get("speakers"):
         info.variants = sorted({_split_speaker(sp)[1] for sp in s["speakers"]})
@@ -138,9 +146,6 @@ def _from_summary(path: Path, info: TrainingInfo) -> None:
         if cfg.get(name):
             setattr(info, name, tuple(int(v) for v in cfg[name]))
     info.template_ratio = cfg.get("template_ratio")
-    manifest = path.parent / "manifest.jsonl"
-    if manifest.is_file():
-        _texts(manifest, info)
 
 
 def _texts(manifest: Path, info: TrainingInfo) -> list[dict]:
@@ -200,7 +205,12 @@ def training_info(card, model_dir: Path | None, explicit: str | None) -> Trainin
             continue
         if info.source:
             break
-    if not tried:
+    if not info.source and not explicit and isinstance(lineage.get("corpus"), dict):
+        # a shipped model: its corpus is not on this machine, but the card keeps the corpus summary
+        _from_summary_data(lineage["corpus"], "model card lineage.corpus", info)
+        info.notes.append("training corpus from the model card (lineage.corpus); its transcripts are not "
+                          "available, so test sentences are not checked against them")
+    elif not tried:
         info.notes.append("the model card's lineage names no training corpus; pass --train-summary")
     return info
 

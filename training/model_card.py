@@ -1,0 +1,138 @@
+"""Finish a pretrained package's model card: record the corpus recipe and the benchmark in model.json and
+write a short MODEL_CARD.md beside it.
+
+    python -m speechadapt.training.model_card models/base-en/1 --corpus .cache/base-en/corpus/train \
+        --dev-corpus .cache/base-en/corpus/dev --bench bench/results/base_model.json --reproduce "make base-en"
+
+model.json gains lineage.corpus (the corpus summary.json: voices, speakers, hours, synthesis config),
+lineage.vocab_size/voices/speakers, lineage.command (how to reproduce it) and metrics.per_accent (the
+benchmark's rows). Only the card changes: the weights and their sha256 stay as they are, and the card is
+replaced atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from speechadapt.asr.package import CARD, read_card
+
+
+def _summary(folder: Path) -> dict:
+    path = folder / "summary.json"
+    if not path.is_file():
+        raise SystemExit(f"error: {path} not found: --corpus/--dev-corpus name a `speechadapt data synth` output folder")
+    s = json.loads(path.read_text())
+    s.pop("per_speaker", None)
+    return s
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def per_accent(bench: dict) -> list[dict]:
+    keep = ("set", "kind", "seen", "utterances", "audio_minutes", "wer", "cer", "rtf", "note")
+    return [{k: r[k] for k in keep if k in r} for r in bench.get("rows", [])]
+
+
+def markdown(card: dict) -> str:
+    lin, met = card["lineage"], card["metrics"]
+    corpus = lin.get("corpus", {})
+    cfg = corpus.get("config", {})
+    hp = card["hparams"]
+    lines = [
+        f"# {card['name']}@{card['version']}",
+        "",
+        card.get("description", ""),
+        "",
+        "## Model",
+        f"- Streaming conformer-CTC over characters: d_model {hp.get('d_model')}, {hp.get('num_layers')} layers, "
+        f"{card['num_parameters']:,} parameters, {hp.get('chunk_frames', 0) * hp.get('stack', 4) * 10} ms chunks with "
+        f"{hp.get('left_chunks')} chunks of left context; 80-dim fbank at {card['sample_rate']} Hz.",
+        "",
+        "## Data (synthetic: espeak-ng, nothing downloaded)",
+        f"- Training: {corpus.get('utterances')} utterances, {corpus.get('hours', 0):.2f} h, voices "
+        f"{', '.join(corpus.get('voices', []))}, {len(corpus.get('speakers', []))} speakers: "
+        f"{', '.join(corpus.get('speakers', []))}.",
+        f"- Text: {cfg.get('words')} words per sentence from the {cfg.get('vocab_size')} most common English words "
+        f"({corpus.get('word_source', '')}); speed {cfg.get('speed')} wpm, pitch {cfg.get('pitch')}; noise at "
+        f"{cfg.get('noise_snr')} dB SNR on {cfg.get('noise_prob')} of utterances; speed perturbation "
+        f"{cfg.get('speed_perturb')}; espeak-ng {corpus.get('espeak_ng', '')}.",
+        f"- Dev (model selection): {lin.get('dev_data', '')}.",
+        "",
+        "## Training",
+        f"- {lin.get('steps')} steps (best at {lin.get('best_step')}), {lin.get('workers')} Ray Train workers "
+        f"({lin.get('backend')}, {lin.get('cpus_per_worker')} CPU each), {lin.get('wall_seconds', 0) / 60:.0f} min wall, "
+        f"{lin.get('software', '')}. Best dev WER {_pct(met.get('dev_wer'))}, CER {_pct(met.get('dev_cer'))}.",
+        f"- Reproduce: `{lin.get('command', '')}`",
+        "",
+        "## Accuracy per accent (bench/base_model.py)",
+        f"Unseen sentences spoken by espeak-ng speaker variants not in training; accents outside the training "
+        f"voices are zero-shot. Command: `{met.get('benchmark_command', '')}`",
+        "",
+        "| accent / set | seen? | utts | WER | CER | RTF |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in met.get("per_accent", []):
+        if r.get("kind") == "note":
+            lines.append(f"| {r['set']} | {r['seen']} | - | - | - | - |")
+        else:
+            rtf = "-" if r.get("rtf") is None else f"{r['rtf']:.3f}"
+            lines.append(f"| {r['set']} | {r['seen']} | {r.get('utterances')} | {_pct(r.get('wer'))} | "
+                         f"{_pct(r.get('cer'))} | {rtf} |")
+    notes = [f"- {r['set']}: {r['note']}" for r in met.get("per_accent", []) if r.get("note")]
+    lines += ([""] + notes if notes else [])
+    lines += [
+        "",
+        "## Limits",
+        "- Trained on synthetic speech only: expect much higher error rates on real human speech (see the real-speech "
+        "rows) and on accents outside the training voices. That gap is what adaptation jobs close.",
+        "- Closed-ish vocabulary: words outside the training vocabulary are spelled by ear, often wrongly.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def finish(package: Path, corpus: Path, dev_corpus: Path | None, bench: Path | None, reproduce: str) -> dict:
+    card = json.loads((package / CARD).read_text())
+    summary = _summary(corpus)
+    lin = card.setdefault("lineage", {})
+    lin["corpus"] = summary
+    lin["vocab_size"] = summary.get("config", {}).get("vocab_size")
+    lin["voices"] = summary.get("voices")
+    lin["speakers"] = summary.get("speakers")
+    if dev_corpus is not None:
+        lin["dev_corpus"] = _summary(dev_corpus)
+    lin["command"] = reproduce
+    if bench is not None:
+        b = json.loads(bench.read_text())
+        card.setdefault("metrics", {})["per_accent"] = per_accent(b)
+        card["metrics"]["benchmark_command"] = b.get("command", "")
+    tmp = package / (CARD + ".tmp")
+    tmp.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, package / CARD)
+    (package / "MODEL_CARD.md").write_text(markdown(card))
+    read_card(package)  # still a valid card
+    return card
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("package", type=Path, help="model package folder (model.json + weights)")
+    p.add_argument("--corpus", type=Path, required=True, help="training corpus folder (with summary.json)")
+    p.add_argument("--dev-corpus", type=Path, help="dev corpus folder (with summary.json)")
+    p.add_argument("--bench", type=Path, help="bench/base_model.py JSON results")
+    p.add_argument("--reproduce", default="make base-en", help="the command that rebuilds this model")
+    a = p.parse_args(argv)
+    finish(a.package, a.corpus, a.dev_corpus, a.bench, a.reproduce)
+    print(f"updated {a.package / CARD} and wrote {a.package / 'MODEL_CARD.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
