@@ -57,11 +57,12 @@ class ModelRegistry:
     def default_ref(self) -> str:
         if self.default_model:
             return self.default_model
-        if self.store.versions(BUILTIN_DEFAULT):
+        own = [n for n in self.store.names() if any(r.source == "store" for r in self.store.versions(n))]
+        if len(own) == 1:  # a store with one model of its own serves it by default
+            return own[0]
+        if self.store.versions(BUILTIN_DEFAULT):  # else the shipped base model
             return BUILTIN_DEFAULT
         names = self.store.names()
-        if len(names) == 1:
-            return names[0]
         raise ModelNotFound(
             "no default model: name one in config.model, or start the server with --default-model "
             f"(available: {', '.join(names) or 'none'})"

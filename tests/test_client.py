@@ -62,7 +62,8 @@ def test_sync_client_stream_file_and_recognize(server, two_utterances):
     assert any(not r.is_final for r in results)
     assert [w.word for w in finals[0].words] == finals[0].transcript.split()
     assert [r.transcript for r in unary] == [r.transcript for r in finals]
-    assert [m.ref for m in models] == ["tiny@1"] and models[0].is_default
+    assert [m.ref for m in models] == ["base-en@1", "tiny@1"]  # the shipped model is always listed
+    assert [m.ref for m in models if m.is_default] == ["tiny@1"]  # the store's own model is the default
     assert info.ref == "tiny@1" and info.architecture == "conformer-ctc"
 
 
@@ -76,7 +77,7 @@ def test_async_client(server, two_utterances):
             return finals, models
 
     finals, models = asyncio.run(main())
-    assert finals == refs and models[0].name == "tiny"
+    assert finals == refs and [m.name for m in models] == ["base-en", "tiny"]
 
 
 def test_client_errors_carry_code_and_message(server, two_utterances):
@@ -113,7 +114,9 @@ def test_cli_transcribe_human_and_errors(server, two_utterances):
 def test_cli_models_list(server):
     proc = cli("models", "list", "--server", server.address, "--json")
     assert proc.returncode == 0, proc.stderr
-    (m,) = [json.loads(line) for line in proc.stdout.splitlines()]
+    listed = {d["name"]: d for d in (json.loads(line) for line in proc.stdout.splitlines())}
+    assert sorted(listed) == ["base-en", "tiny"]  # the store's model and the shipped one
+    m = listed["tiny"]
     assert (m["name"], m["version"], m["architecture"]) == ("tiny", 1, "conformer-ctc")
     human = cli("models", "list", "--server", server.address)
     assert "tiny" in human.stdout and "conformer-ctc" in human.stdout

@@ -21,7 +21,7 @@ def test_services_and_methods():
     assert methods(recognizer_pb2, "Recognizer") == ["Recognize", "StreamingRecognize"]
     assert methods(models_pb2, "Models") == ["GetModel", "ListModels"]
     assert methods(adaptation_pb2, "Adaptation") == [
-        "CancelJob", "CheckUpload", "GetJob", "ListJobs", "SubmitJob", "UploadData", "WatchJob",
+        "CancelJob", "CheckUpload", "GetJob", "GetJobReport", "ListJobs", "SubmitJob", "UploadData", "WatchJob",
     ]
     streaming = recognizer_pb2.DESCRIPTOR.services_by_name["Recognizer"].methods_by_name["StreamingRecognize"]
     assert streaming.client_streaming and streaming.server_streaming
