@@ -72,7 +72,7 @@ BASELINE_FILE = "baseline.json"
 SUMMARY_FILE = "train_summary.json"
 CANDIDATE = "candidate"
 TRAIN_RUN = "train"  # the Ray Train run folder in RUN_DIR
-CHECKPOINT_FILE = "trainer.pt"
+from speechadapt.training.pretrain import CHECKPOINT_FILE  # one checkpoint layout for both jobs
 FAULT_MARKER = ".fault-injected"
 SOURCE_DEV_UTTERANCES = 60  # synthesized when the base model names no readable source dev set
 SOURCE_DEV_MAX = 100  # taken from a named source dev manifest
@@ -426,7 +426,7 @@ def _worker_loop(config: dict) -> dict | None:
 
     from speechadapt.asr.evaluation import error_rates
     from speechadapt.training.loop import Trainer, lr_at, transcribe_examples
-    from speechadapt.training.pretrain import _quiet_reports, export_package
+    from speechadapt.training.pretrain import _quiet_reports, export_package, restore_checkpoint
     from speechadapt.training.strategies import merge
 
     job: TrainJob = config["job"]
@@ -475,18 +475,9 @@ def _worker_loop(config: dict) -> dict | None:
         f"dev WER every {schedule['eval_every']} steps; loaded in {time.monotonic() - t_load:.1f} s")
 
     meta = {"restarts": 0, "resumed_from_steps": [], "train_seconds": 0.0, "best_step": 0}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-        trainer.load_state_dict(state["trainer"])
-        if len(state["rng"]) == world:
-            trainer.gen.set_state(state["rng"][rank]["gen"])
-            torch.set_rng_state(state["rng"][rank]["torch"])
-        meta = dict(state["meta"])
-        meta["restarts"] += 1
-        meta["resumed_from_steps"] = list(meta["resumed_from_steps"]) + [trainer.step_no]
-        trainer.history.append({"event": "resume", "step": trainer.step_no, "restarts": meta["restarts"]})
+    restored = restore_checkpoint(trainer, rank, world)
+    if restored is not None:
+        meta = restored
         say(step=trainer.step_no, total_steps=total, dev_wer=trainer.best_wer,
             message=f"resumed from the checkpoint at step {trainer.step_no} (restart {meta['restarts']})")
 

@@ -386,18 +386,9 @@ def _worker_loop(config: dict) -> dict | None:
 
     meta = {"restarts": 0, "resumed_from_steps": [], "train_seconds": 0.0, "best_step": 0, "best_cer": float("nan"),
             "last_wer": float("nan"), "last_loss": float("nan")}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-        trainer.load_state_dict(state["trainer"])
-        if len(state["rng"]) == world:
-            trainer.gen.set_state(state["rng"][rank]["gen"])
-            torch.set_rng_state(state["rng"][rank]["torch"])
-        meta = dict(state["meta"])
-        meta["restarts"] += 1
-        meta["resumed_from_steps"] = list(meta["resumed_from_steps"]) + [trainer.step_no]
-        trainer.history.append({"event": "resume", "step": trainer.step_no, "restarts": meta["restarts"]})
+    restored = restore_checkpoint(trainer, rank, world)
+    if restored is not None:
+        meta = restored
         log(f"resumed from the checkpoint at step {trainer.step_no} (restart {meta['restarts']}, best dev WER {trainer.best_wer:.1%})")
 
     run_dir = f"{cfg.storage_path.rstrip('/')}/{cfg.run_name}"
@@ -492,6 +483,28 @@ def _worker_loop(config: dict) -> dict | None:
     return {"out": cfg.out, "dev_wer": trainer.best_wer, "best_step": meta["best_step"], "steps": trainer.step_no,
             "workers": world, "wall_seconds": round(wall, 1), "restarts": meta["restarts"],
             "resumed_from_steps": meta["resumed_from_steps"], "history": trainer.history}
+
+
+def restore_checkpoint(trainer, rank: int, world: int) -> dict | None:
+    """Load the last checkpoint reported through `ray.train.report` (if any) into `trainer` and this rank's RNGs.
+    Returns the checkpoint's meta with the restart counted, or None when the run starts fresh."""
+    import ray.train
+    import torch
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    trainer.load_state_dict(state["trainer"])
+    if len(state["rng"]) == world:
+        trainer.gen.set_state(state["rng"][rank]["gen"])
+        torch.set_rng_state(state["rng"][rank]["torch"])
+    meta = dict(state["meta"])
+    meta["restarts"] += 1
+    meta["resumed_from_steps"] = list(meta["resumed_from_steps"]) + [trainer.step_no]
+    trainer.history.append({"event": "resume", "step": trainer.step_no, "restarts": meta["restarts"]})
+    return meta
 
 
 def _quiet_reports(level: str) -> None:
