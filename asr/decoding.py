@@ -31,7 +31,8 @@ class GreedyCTC:
     """Greedy CTC over frames that arrive chunk by chunk; frame times are absolute.
 
     Keeps, for each emitted token, its frame and posterior; collapses repeats across
-    chunk boundaries. `reset(frame)` starts a new utterance at an absolute frame.
+    chunk boundaries; keeps the utterance's logits for a final beam search (`utterance_logits`).
+    `reset(frame)` starts a new utterance at an absolute frame.
     """
 
     tokenizer: CharTokenizer
@@ -41,9 +42,11 @@ class GreedyCTC:
     tokens: list[tuple[int, int, float]] = field(default_factory=list)  # (token, abs frame, prob)
     last_token: int = 0
     last_emit_frame: int = -1  # absolute frame of the last non-blank, -1 if none
+    chunks: list[torch.Tensor] = field(default_factory=list)  # this utterance's logits
 
     def update(self, logits: torch.Tensor) -> None:
         """logits (T, vocab) for the next T frames."""
+        self.chunks.append(logits)
         probs = logits.float().softmax(-1)
         p, ids = probs.max(-1)
         base = self.start_frame + self.frames
@@ -64,6 +67,13 @@ class GreedyCTC:
         last = self.last_emit_frame if self.last_emit_frame >= 0 else self.start_frame - 1
         return (self.end_frame - 1 - last) * self.frame_seconds
 
+    def utterance_logits(self) -> torch.Tensor:
+        if not self.chunks:
+            return torch.zeros(0, len(self.tokenizer))
+        if len(self.chunks) > 1:
+            self.chunks = [torch.cat(self.chunks)]
+        return self.chunks[0]
+
     @property
     def has_speech(self) -> bool:
         return any(t != self.tokenizer.space for t, _, _ in self.tokens)
@@ -72,6 +82,7 @@ class GreedyCTC:
         self.start_frame = self.end_frame if frame is None else frame
         self.frames = 0
         self.tokens = []
+        self.chunks = []
         self.last_token = self.tokenizer.blank
         self.last_emit_frame = -1
 
@@ -101,8 +112,8 @@ class GreedyCTC:
         )
 
 
-def greedy_decode(logits: torch.Tensor, tokenizer: CharTokenizer, frame_seconds: float) -> Hypothesis:
-    """Whole-utterance greedy CTC: logits (T, vocab)."""
-    dec = GreedyCTC(tokenizer, frame_seconds)
+def greedy_decode(logits: torch.Tensor, tokenizer: CharTokenizer, frame_seconds: float, start_frame: int = 0) -> Hypothesis:
+    """Whole-utterance greedy CTC: logits (T, vocab); times count from `start_frame`."""
+    dec = GreedyCTC(tokenizer, frame_seconds, start_frame)
     dec.update(logits)
     return dec.hypothesis()

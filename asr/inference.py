@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from speechadapt.asr.audio import load_audio
+from speechadapt.asr.beam import BeamConfig, BeamDecoder, Phrase
 from speechadapt.asr.decoding import Hypothesis, greedy_decode
 from speechadapt.asr.features import FeatureConfig, fbank
 from speechadapt.asr.model import ConformerCTC
-from speechadapt.asr.package import ModelCard, load_package
+from speechadapt.asr.package import ModelCard, load_package, read_lexicon
 from speechadapt.asr.store import ModelRef, resolve_path_or_ref
 from speechadapt.asr.text import CharTokenizer
 
@@ -24,6 +25,11 @@ class AsrModel:
     tokenizer: CharTokenizer
     features: FeatureConfig
     ref: ModelRef | None = None
+    lexicon: list[str] | None = None
+    beam: BeamDecoder = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.beam = BeamDecoder(self.tokenizer, self.lexicon, BeamConfig.from_dict(self.card.decoding))
 
     @property
     def sample_rate(self) -> int:
@@ -46,8 +52,21 @@ class AsrModel:
         out, _ = self.net(feats[None], torch.tensor([feats.shape[0]]), self.net.cfg.streaming())
         return out[0]
 
+    def decode(self, logits: torch.Tensor, start_frame: int = 0, nbest: int = 1,
+               phrases: tuple[Phrase, ...] = ()) -> list[Hypothesis]:
+        """One utterance's logits (T, vocab) -> up to `nbest` hypotheses, best first.
+
+        Beam search over the model's lexicon when it has one; otherwise greedy, unless n-best lists or
+        phrases ask for a (character-level) beam search."""
+        if self.lexicon is None and nbest <= 1 and not phrases:
+            return [greedy_decode(logits, self.tokenizer, self.frame_seconds, start_frame)]
+        return self.beam.decode(logits, self.frame_seconds, start_frame, nbest, phrases)
+
+    def recognize(self, samples: np.ndarray, nbest: int = 1, phrases: tuple[Phrase, ...] = ()) -> list[Hypothesis]:
+        return self.decode(self.logits(samples), 0, nbest, phrases)
+
     def transcribe(self, samples: np.ndarray) -> Hypothesis:
-        return greedy_decode(self.logits(samples), self.tokenizer, self.frame_seconds)
+        return self.recognize(samples)[0]
 
     def transcribe_file(self, path: str | Path) -> Hypothesis:
         return self.transcribe(load_audio(path, self.sample_rate))
@@ -57,4 +76,4 @@ def load_model(ref: str | Path, store: str | Path | None = None, device: str = "
     """A package folder, or "name[@version]" from `store` or the built-in models."""
     mref = resolve_path_or_ref(str(ref), store)
     card, net, tok, feats = load_package(mref.path, device=device)
-    return AsrModel(card, net, tok, feats, mref)
+    return AsrModel(card, net, tok, feats, mref, read_lexicon(mref.path, card))

@@ -22,6 +22,7 @@ from speechadapt.asr.text import CharTokenizer
 FORMAT_VERSION = 1
 CARD = "model.json"
 WEIGHTS = "weights.safetensors"
+LEXICON = "lexicon.txt"  # optional: the words the model knows, one per line (beam search over them)
 
 
 class PackageError(ValueError):
@@ -44,6 +45,7 @@ class ModelCard:
     created: str = ""
     num_parameters: int = 0
     files: dict = field(default_factory=dict)
+    decoding: dict = field(default_factory=dict)  # beam search options (speechadapt.asr.beam.BeamConfig)
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -115,6 +117,25 @@ def load_package(folder: str | Path, device: str = "cpu") -> tuple[ModelCard, Co
     return card, net.to(device).eval(), CharTokenizer.from_dict(card.tokenizer), FeatureConfig.from_dict(card.features)
 
 
+def read_lexicon(folder: str | Path, card: ModelCard) -> list[str] | None:
+    """The package's lexicon (verified with the rest by `load_package`), or None when it has none."""
+    if LEXICON not in card.files:
+        return None
+    words = Path(folder, LEXICON).read_text(encoding="utf-8").split()
+    if not words:
+        raise PackageError(f"{Path(folder) / LEXICON} is empty")
+    tokenizer = CharTokenizer.from_dict(card.tokenizer)
+    bad = sorted({w for w in words if not set(w) <= set(tokenizer.tokens[2:])})
+    if bad:
+        raise PackageError(f"{Path(folder) / LEXICON} has words outside the model's alphabet: {bad[:5]}")
+    return words
+
+
+def lexicon_from_texts(texts) -> list[str]:
+    """The sorted set of words in transcripts (already normalised)."""
+    return sorted({w for t in texts for w in t.split()})
+
+
 def save_package(
     folder: str | Path,
     net: ConformerCTC,
@@ -127,12 +148,18 @@ def save_package(
     metrics: dict | None = None,
     lineage: dict | None = None,
     language: str = "en",
+    lexicon: list[str] | None = None,
+    decoding: dict | None = None,
 ) -> ModelCard:
     """Write a package into `folder` (created; must not hold another package). Files are fsynced."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
     save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})
+    names = [WEIGHTS]
+    if lexicon:
+        (folder / LEXICON).write_text("\n".join(sorted(set(lexicon))) + "\n", encoding="utf-8")
+        names.append(LEXICON)
     card = ModelCard(
         name=name,
         version=version,
@@ -147,10 +174,11 @@ def save_package(
         lineage=dict(lineage or {}),
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         num_parameters=net.num_parameters(),
-        files={WEIGHTS: {"sha256": sha256_file(folder / WEIGHTS), "bytes": (folder / WEIGHTS).stat().st_size}},
+        files={n: {"sha256": sha256_file(folder / n), "bytes": (folder / n).stat().st_size} for n in names},
+        decoding=dict(decoding or {}),
     )
     (folder / CARD).write_text(card.to_json())
-    for name_ in (WEIGHTS, CARD):
+    for name_ in (*names, CARD):
         with open(folder / name_, "rb") as f:
             os.fsync(f.fileno())
     return card

@@ -20,6 +20,9 @@ its speakers.json (takes 0-4, the dataset's test split; --fsdd-takes all for eve
 speechbrain_asr_samples (the `text_uncertain` utterance left out), ljspeech_coqui_subset,
 misc_single_utterances. References and hypotheses are normalised (speechadapt.asr.text.normalize_text).
 
+WER/CER use the model's own decoder (beam search over its lexicon when the package has one); `greedy WER` is
+the same acoustic output decoded greedily, to show what the decoder adds.
+
 Prints a markdown table and writes JSON {"model", "created", "command", "rows", "machine", ...} to --out.
 --quick: 10 utterances per accent and no real speech (a smoke test).
 """
@@ -471,14 +474,15 @@ def _pct(v) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| accent / set | seen? | utts | audio min | WER | CER | RTF |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| accent / set | seen? | utts | audio min | WER | CER | greedy WER | RTF |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         if r["kind"] == "note":
-            lines.append(f"| {r['set']} | {r['seen']} | - | - | - | - | - |")
+            lines.append(f"| {r['set']} | {r['seen']} | - | - | - | - | - | - |")
             continue
         rtf = "-" if r.get("rtf") is None else f"{r['rtf']:.3f}"
         lines.append(f"| {r['set']} | {r['seen']} | {r['utterances']} | {r['audio_minutes']:.2f} | {_pct(r['wer'])} | "
-                     f"{_pct(r['cer'])} | {rtf} |")
+                     f"{_pct(r['cer'])} | {_pct(r.get('greedy_wer'))} | {rtf} |")
     notes = [f"- {r['set']}: {r['note']}" for r in rows if r.get("note")]
     return "\n".join(lines + ([""] + notes if notes else []))
 
@@ -488,12 +492,12 @@ def _eval_row(model, name: str, kind: str, seen: str, manifest: Path, note: str 
 
     t0 = time.monotonic()
     try:
-        r = evaluate(model, manifest)
+        r = evaluate(model, manifest, greedy=True)
     except (OSError, ValueError, RuntimeError) as e:
         return {"set": name, "kind": "note", "seen": seen, "note": f"evaluation failed: {type(e).__name__}: {e}",
                 "manifest": str(manifest), **details}
     return {"set": name, "kind": kind, "seen": seen, "utterances": r.utterances,
-            "audio_minutes": round(r.audio_seconds / 60, 3), "wer": r.wer, "cer": r.cer, "rtf": r.rtf,
+            "audio_minutes": round(r.audio_seconds / 60, 3), "wer": r.wer, "cer": r.cer, "greedy_wer": r.greedy_wer, "rtf": r.rtf,
             "eval_seconds": round(time.monotonic() - t0, 1), "manifest": str(manifest), "note": note, **details}
 
 
@@ -504,6 +508,7 @@ def _macro(rows: list[dict], seen: str, label: str) -> dict | None:
     return {"set": label, "kind": "summary", "seen": seen, "utterances": sum(r["utterances"] for r in rs),
             "audio_minutes": round(sum(r["audio_minutes"] for r in rs), 3),
             "wer": float(np.mean([r["wer"] for r in rs])), "cer": float(np.mean([r["cer"] for r in rs])),
+            "greedy_wer": float(np.mean([r["greedy_wer"] for r in rs])),
             "rtf": float(np.mean([r["rtf"] for r in rs])), "note": f"unweighted mean of {len(rs)} accents"}
 
 
@@ -644,6 +649,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"per_accent": args.per_accent, "accents": voices, "variants": variants,
                      "variant_basis": variant_basis, "quick": args.quick, "fsdd_takes": args.fsdd_takes,
                      "workdir": str(workdir), "threads": args.threads},
+        "decoder": ({"kind": "beam search over the model's lexicon", "lexicon_words": len(model.lexicon),
+                     **model.beam.cfg.to_dict()} if model.lexicon else {"kind": "greedy CTC"}),
         "test_text": text.as_dict(),
         "training": info.as_dict(),
         "rows": rows,

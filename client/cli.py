@@ -420,6 +420,7 @@ def _serve(args: argparse.Namespace) -> int:
             state_dir=Path(args.state_dir) if args.state_dir else None, ray_address=args.ray_address,
             model_memory_mb=args.model_memory_mb, max_blob_bytes=args.max_upload_mb * 1024 * 1024,
             max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+            batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms,
         )
         return run(config)
     except ValueError as e:
@@ -573,6 +574,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-message-mb", type=_positive_int, default=8, metavar="N",
                    help="largest gRPC message in MiB (default: 8)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--batch-max", type=_positive_int, default=32, metavar="N",
+                   help="streams whose chunks share one forward pass (default: 32; 1 = no batching)")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0, metavar="MS",
+                   help="longest a chunk waits for other streams' chunks to join its batch, 0..100 (default: 10)")
     p.add_argument("--model-memory-mb", type=_positive_int, default=1024, metavar="N",
                    help="weights of loaded models kept in memory; idle ones beyond it are unloaded (default: 1024)")
     p.add_argument("--state-dir", default=None, metavar="DIR",

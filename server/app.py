@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from speechadapt.server.adaptation import AdaptationService, AdaptationUnavailable, JobManager
+from speechadapt.server.batcher import BatchConfig, Batcher
 from speechadapt.server.config import ServerConfig
 from speechadapt.server.datastore import DataStore
 from speechadapt.server.jobs import JobStore
@@ -46,6 +47,7 @@ class SpeechServer:
                                       memory_budget_bytes=config.model_memory_mb * 1024 * 1024)
         self.admission = Admission(config.max_streams)
         self.executor = ThreadPoolExecutor(max_workers=config.workers or config.cores, thread_name_prefix="infer")
+        self.batcher = Batcher(BatchConfig(config.batch_max, config.batch_wait_ms))
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
         self.jobs: JobManager | None = None
@@ -68,7 +70,7 @@ class SpeechServer:
             self.jobs = None
             adaptation = AdaptationUnavailable(f"its state dir {state} cannot be used ({e}); "
                                                "restart it with a writable --state-dir")
-        recognizer_pb2_grpc.add_RecognizerServicer_to_server(RecognizerService(self.registry, self.admission, self.executor), server)
+        recognizer_pb2_grpc.add_RecognizerServicer_to_server(RecognizerService(self.registry, self.admission, self.executor, self.batcher), server)
         models_pb2_grpc.add_ModelsServicer_to_server(ModelsService(self.registry), server)
         adaptation_pb2_grpc.add_AdaptationServicer_to_server(adaptation, server)
         health_servicer = health.aio.HealthServicer()
@@ -98,6 +100,7 @@ class SpeechServer:
         if self.jobs is not None:
             await self.jobs.stop()
             self.jobs.store.close()
+        await self.batcher.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def wait(self) -> None:

@@ -21,7 +21,9 @@ class ServerConfig:
     max_message_bytes: int = 8 * MIB
     device: str = "cpu"
     threads: int = 0  # torch intra-op threads; 0 = one per core
-    workers: int = 0  # inference threads off the event loop; 0 = one per core
+    workers: int = 0  # threads for work off the event loop (final beam searches, audio decoding); 0 = one per core
+    batch_max: int = 32  # streams whose chunks share one encoder forward pass (1 = no batching)
+    batch_wait_ms: float = 10.0  # longest a chunk waits for others to join its batch
     # Loaded models are kept in an LRU up to this many MiB of weights; idle ones beyond it are unloaded.
     model_memory_mb: int = 1024
     # Adaptation jobs: the job database, uploaded data and job run folders live here.
@@ -45,6 +47,10 @@ class ServerConfig:
             raise ValueError("model_memory_mb must be at least 1")
         if self.max_blob_bytes < 1 or self.max_upload_bytes < 1:
             raise ValueError("max_blob_bytes and max_upload_bytes must be at least 1")
+        if self.batch_max < 1:
+            raise ValueError("batch_max must be at least 1")
+        if not 0 <= self.batch_wait_ms <= 100:
+            raise ValueError("batch_wait_ms must be 0..100")
         if self.ray_num_cpus < 0:
             raise ValueError("ray_num_cpus must not be negative (0 = all cores)")
 

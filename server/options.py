@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from speechadapt.asr import EndpointConfig
+from speechadapt.asr.beam import MAX_PHRASES
 from speechadapt.v1 import recognizer_pb2 as pb
 
 MIN_RATE, MAX_RATE = 8000, 48000
@@ -28,6 +29,7 @@ class RecognitionOptions:
     endpoint: EndpointConfig
     interim_results: bool = False
     single_utterance: bool = False
+    contexts: tuple[tuple[tuple[str, ...], float], ...] = ()  # speech_contexts: (phrases, boost)
 
 
 def _endpoint(cfg: pb.RecognitionConfig) -> EndpointConfig:
@@ -41,7 +43,10 @@ def _endpoint(cfg: pb.RecognitionConfig) -> EndpointConfig:
         raise InvalidRequest(f"endpointing.stop_history_ms must be 100..10000 (or 0 for the default), got {e.stop_history_ms}")
     if not 1000 <= longest <= 300000:
         raise InvalidRequest(f"endpointing.max_utterance_ms must be 1000..300000 (or 0 for the default), got {e.max_utterance_ms}")
-    return EndpointConfig(enabled=not e.disabled, stop_history_ms=stop, max_utterance_ms=longest)
+    if not -1 <= e.vad_aggressiveness <= 3:
+        raise InvalidRequest(f"endpointing.vad_aggressiveness must be -1 (off), 0 (default) or 1..3, got {e.vad_aggressiveness}")
+    vad = {0: default.vad, -1: None}.get(e.vad_aggressiveness, e.vad_aggressiveness)
+    return EndpointConfig(enabled=not e.disabled, stop_history_ms=stop, max_utterance_ms=longest, vad=vad)
 
 
 def check_config(cfg: pb.RecognitionConfig, *, streaming: bool) -> RecognitionOptions:
@@ -65,10 +70,9 @@ def check_config(cfg: pb.RecognitionConfig, *, streaming: bool) -> RecognitionOp
     n = cfg.max_alternatives
     if not 0 <= n <= MAX_ALTERNATIVES:
         raise InvalidRequest(f"config.max_alternatives must be 0..{MAX_ALTERNATIVES}, got {n}")
-    if n > 1:
-        raise InvalidRequest("config.max_alternatives > 1 (n-best lists) is not supported yet: use 0 or 1")
-    if len(cfg.speech_contexts) > 0:
-        raise InvalidRequest("config.speech_contexts (phrase boosting) is not supported yet: leave it empty")
+    contexts = tuple((tuple(c.phrases), c.boost) for c in cfg.speech_contexts)
+    if sum(len(p) for p, _ in contexts) > MAX_PHRASES:
+        raise InvalidRequest(f"config.speech_contexts holds more than {MAX_PHRASES} phrases; send the ones that matter most")
     return RecognitionOptions(
         encoding=enc,
         sample_rate=rate,
@@ -78,6 +82,7 @@ def check_config(cfg: pb.RecognitionConfig, *, streaming: bool) -> RecognitionOp
         max_alternatives=max(1, n),
         word_time_offsets=cfg.enable_word_time_offsets,
         endpoint=_endpoint(cfg),
+        contexts=contexts,
     )
 
 

@@ -11,6 +11,7 @@ import grpc
 from speechadapt.asr import ModelNotFound, PackageError
 from speechadapt.asr.audio import decode_container, pcm16_to_float
 from speechadapt.server.options import InvalidRequest, check_config, check_language, check_streaming_config
+from speechadapt.server.batcher import Batcher
 from speechadapt.server.registry import ModelRegistry
 from speechadapt.server.session import RecognitionSession, duration
 from speechadapt.v1 import recognizer_pb2 as pb
@@ -53,9 +54,16 @@ async def _model_for(registry: ModelRegistry, opts, context):
         await context.abort(grpc.StatusCode.NOT_FOUND, str(e.args[0]))
 
 
+async def _session(model, opts, executor, context, batcher=None) -> RecognitionSession:
+    try:
+        return RecognitionSession(model, opts, executor, batcher)
+    except InvalidRequest as e:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+
+
 class RecognizerService(pb_grpc.RecognizerServicer):
-    def __init__(self, registry: ModelRegistry, admission: Admission, executor: Executor):
-        self.registry, self.admission, self.executor = registry, admission, executor
+    def __init__(self, registry: ModelRegistry, admission: Admission, executor: Executor, batcher: Batcher | None = None):
+        self.registry, self.admission, self.executor, self.batcher = registry, admission, executor, batcher
 
     async def StreamingRecognize(self, request_iterator, context):
         async with self.admission.slot(context):
@@ -74,7 +82,7 @@ class RecognizerService(pb_grpc.RecognizerServicer):
             except InvalidRequest as e:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             model = await _model_for(self.registry, opts, context)
-            session = RecognitionSession(model, opts, self.executor)
+            session = await _session(model, opts, self.executor, context, self.batcher)
             await context.send_initial_metadata((("x-speechadapt-model", model.name),))
             first_response = True
 
@@ -86,19 +94,20 @@ class RecognizerService(pb_grpc.RecognizerServicer):
                 return msg
 
             try:
-                async for req in requests:
-                    if req.WhichOneof("streaming_request") == "streaming_config":
-                        raise InvalidRequest("streaming_config may only be sent once, in the first message; then send audio_content")
-                    results = await session.accept(req.audio_content)
-                    if session.done:
-                        yield response([], pb.StreamingRecognizeResponse.END_OF_SINGLE_UTTERANCE)
-                        yield response(results)
-                        return
+                with self.batcher.session() if self.batcher else contextlib.nullcontext():
+                    async for req in requests:
+                        if req.WhichOneof("streaming_request") == "streaming_config":
+                            raise InvalidRequest("streaming_config may only be sent once, in the first message; then send audio_content")
+                        results = await session.accept(req.audio_content)
+                        if session.done:
+                            yield response([], pb.StreamingRecognizeResponse.END_OF_SINGLE_UTTERANCE)
+                            yield response(results)
+                            return
+                        if results:
+                            yield response(results)
+                    results = await session.finish()
                     if results:
                         yield response(results)
-                results = await session.finish()
-                if results:
-                    yield response(results)
             except InvalidRequest as e:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
@@ -111,7 +120,7 @@ class RecognizerService(pb_grpc.RecognizerServicer):
             except InvalidRequest as e:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             model = await _model_for(self.registry, opts, context)
-            session = RecognitionSession(model, opts, self.executor)
+            session = await _session(model, opts, self.executor, context)
             try:
                 if opts.encoding == pb.LINEAR16:
                     samples, rate = pcm16_to_float(request.audio_content, opts.channels), opts.sample_rate

@@ -9,8 +9,10 @@ import numpy as np
 from google.protobuf.duration_pb2 import Duration
 
 from speechadapt.asr import AsrModel, Hypothesis, Stream
+from speechadapt.asr.beam import parse_phrases
 from speechadapt.asr.streaming import decode_streams
 from speechadapt.server.audio_input import AudioInput
+from speechadapt.server.batcher import Batcher
 from speechadapt.server.options import InvalidRequest, RecognitionOptions
 from speechadapt.v1 import recognizer_pb2 as pb
 
@@ -43,8 +45,15 @@ def common_prefix_ratio(old: str, new: str) -> float:
 class RecognitionSession:
     """Feed audio, get `StreamingRecognitionResult`s. `done` is set once a single utterance ended."""
 
-    def __init__(self, model: AsrModel, opts: RecognitionOptions, executor: Executor | None = None):
-        self.model, self.opts, self.executor = model, opts, executor
+    def __init__(self, model: AsrModel, opts: RecognitionOptions, executor: Executor | None = None,
+                 batcher: Batcher | None = None):
+        """Raises InvalidRequest when the request's phrases do not fit the model (e.g. its alphabet).
+        Chunks go through `batcher` (shared forward passes) when given, else one by one on `executor`."""
+        self.model, self.opts, self.executor, self.batcher = model, opts, executor, batcher
+        try:
+            self.phrases = parse_phrases(opts.contexts, model.tokenizer)
+        except ValueError as e:
+            raise InvalidRequest(f"config.speech_contexts: {e}") from e
         self.input = AudioInput(opts)
         self.stream: Stream | None = None
         self.done = False
@@ -72,10 +81,14 @@ class RecognitionSession:
         self.stream.input_finished()
         out = await self._drain()
         if not self.done:
-            hyp = self.stream.result()
-            if hyp.text or self.finals == 0:
-                out.append(self._final(hyp))
+            hyps = await self._final_hypotheses()
+            if hyps[0].text or self.finals == 0:
+                out.append(self._final(hyps))
         return out
+
+    async def _final_hypotheses(self) -> list[Hypothesis]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.stream.final_result, self.opts.max_alternatives, self.phrases)
 
     async def _drain(self) -> list[pb.StreamingRecognitionResult]:
         s, out = self.stream, []
@@ -83,9 +96,12 @@ class RecognitionSession:
             return out
         loop = asyncio.get_running_loop()
         while s.is_ready():
-            await loop.run_in_executor(self.executor, decode_streams, [s])
+            if self.batcher is not None:
+                await self.batcher.decode(s)
+            else:
+                await loop.run_in_executor(self.executor, decode_streams, [s])
             if s.is_endpoint():
-                out.append(self._final(s.result()))
+                out.append(self._final(await self._final_hypotheses()))
                 s.reset()
                 if self.opts.single_utterance:
                     self.done = True
@@ -107,11 +123,12 @@ class RecognitionSession:
                 self._last_interim = hyp.text
         return out
 
-    def _final(self, hyp: Hypothesis) -> pb.StreamingRecognitionResult:
+    def _final(self, hyps: list[Hypothesis]) -> pb.StreamingRecognitionResult:
         self.finals += 1
         self._last_interim = ""
+        hyp = hyps[0]
         return pb.StreamingRecognitionResult(
-            alternatives=[alternative(hyp, self.opts.word_time_offsets)],
+            alternatives=[alternative(h, self.opts.word_time_offsets) for h in hyps],
             is_final=True,
             stability=1.0,
             result_start_offset=duration(hyp.start),

@@ -417,6 +417,18 @@ def _base_net(job: TrainJob):
     return net.train(), plan, tokenizer, features
 
 
+def _lexicon_for(base_path: str, examples) -> dict:
+    """The adapted model's decoding: the base's lexicon plus the target's words (a base without a lexicon
+    keeps decoding characters), and the base's beam options."""
+    from speechadapt.asr.package import lexicon_from_texts, read_card, read_lexicon
+
+    card = read_card(base_path)
+    words = read_lexicon(base_path, card)
+    if words is not None:
+        words = sorted(set(words) | set(lexicon_from_texts(e.text for e in examples)))
+    return {"lexicon": words, "decoding": card.decoding}
+
+
 def _worker_loop(config: dict) -> dict | None:
     import torch
     import torch.distributed as dist
@@ -542,7 +554,7 @@ def _worker_loop(config: dict) -> dict | None:
     final.load_state_dict({k: v.cpu() for k, v in (trainer.best_state or net.state_dict()).items()})
     merge(final)
     export_package(run_dir / CANDIDATE, final.eval(), tokenizer, features, overwrite=True, name="candidate",
-                   metrics={"dev_wer": trainer.best_wer})
+                   metrics={"dev_wer": trainer.best_wer}, **_lexicon_for(job.base_path, train))
     return {"steps": trainer.step_no, "total_steps": total, "best_step": meta["best_step"], "best_dev_wer": trainer.best_wer,
             "train_seconds": round(meta["train_seconds"], 1), "restarts": meta["restarts"],
             "resumed_from_steps": meta["resumed_from_steps"], "workers": world,
@@ -875,6 +887,7 @@ def run_job(args: JobArgs) -> int:
                 "history": [h for h in history if h.get("event") != "train"],
             }
             version = publish(store, spec.name, candidate.net, candidate.tokenizer, candidate.features,
+                              lexicon=candidate.lexicon, decoding=candidate.card.decoding,
                               description=f"{spec.strategy} adaptation of {state.base_ref} (job {job_id})",
                               language=candidate.card.language, lineage=lineage,
                               metrics={"dev_wer": at, "source_dev_wer": as_, "base_dev_wer": metrics["base_target_wer"],

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from speechadapt.asr.model import ConformerCTC
-from speechadapt.asr.package import ModelCard, save_package
+from speechadapt.asr.package import ModelCard, lexicon_from_texts, save_package
 from speechadapt.asr.text import CharTokenizer
 from speechadapt.training.loop import TrainConfig, Trainer, feature_stats, load_examples
 
@@ -45,6 +45,7 @@ def train_local(
         version=version,
         description=description,
         metrics={"dev_wer": best},
+        lexicon=lexicon_from_texts(e.text for e in train),
         lineage={
             "strategy": "pretrain",
             "training_data": f"{train_manifest} ({len(train)} utterances)",

@@ -34,7 +34,7 @@ def _pct(v) -> str:
 
 
 def per_accent(bench: dict) -> list[dict]:
-    keep = ("set", "kind", "seen", "utterances", "audio_minutes", "wer", "cer", "rtf", "note")
+    keep = ("set", "kind", "seen", "utterances", "audio_minutes", "wer", "cer", "greedy_wer", "rtf", "note")
     return [{k: r[k] for k in keep if k in r} for r in bench.get("rows", [])]
 
 
@@ -73,16 +73,16 @@ def markdown(card: dict) -> str:
         f"Unseen sentences spoken by espeak-ng speaker variants not in training; accents outside the training "
         f"voices are zero-shot. Command: `{met.get('benchmark_command', '')}`",
         "",
-        "| accent / set | seen? | utts | WER | CER | RTF |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        "| accent / set | seen? | utts | WER | CER | greedy WER | RTF |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in met.get("per_accent", []):
         if r.get("kind") == "note":
-            lines.append(f"| {r['set']} | {r['seen']} | - | - | - | - |")
+            lines.append(f"| {r['set']} | {r['seen']} | - | - | - | - | - |")
         else:
             rtf = "-" if r.get("rtf") is None else f"{r['rtf']:.3f}"
             lines.append(f"| {r['set']} | {r['seen']} | {r.get('utterances')} | {_pct(r.get('wer'))} | "
-                         f"{_pct(r.get('cer'))} | {rtf} |")
+                         f"{_pct(r.get('cer'))} | {_pct(r.get('greedy_wer'))} | {rtf} |")
     notes = [f"- {r['set']}: {r['note']}" for r in met.get("per_accent", []) if r.get("note")]
     lines += ([""] + notes if notes else [])
     lines += [
@@ -90,14 +90,30 @@ def markdown(card: dict) -> str:
         "## Limits",
         "- Trained on synthetic speech only: expect much higher error rates on real human speech (see the real-speech "
         "rows) and on accents outside the training voices. That gap is what adaptation jobs close.",
-        "- Closed-ish vocabulary: words outside the training vocabulary are spelled by ear, often wrongly.",
+        f"- Closed vocabulary: decoding is a beam search over the {cfg.get('vocab_size') or 'training'} words of the training "
+        "text (`lexicon.txt`); other words come out as the nearest lexicon word unless a request boosts them with "
+        "`speech_contexts` (which adds them to the search). `greedy WER` shows the acoustic model alone.",
         "",
     ]
     return "\n".join(lines)
 
 
+def ensure_lexicon(package: Path, corpus: Path, card: dict) -> None:
+    """Packages exported before lexicons existed get theirs from the training corpus's transcripts."""
+    from speechadapt.asr.manifest import read_manifest
+    from speechadapt.asr.package import LEXICON, lexicon_from_texts, sha256_file
+
+    if LEXICON in card.get("files", {}):
+        return
+    words = lexicon_from_texts(u.text for u in read_manifest(corpus / "manifest.jsonl"))
+    path = package / LEXICON
+    path.write_text("\n".join(words) + "\n", encoding="utf-8")
+    card["files"][LEXICON] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
 def finish(package: Path, corpus: Path, dev_corpus: Path | None, bench: Path | None, reproduce: str) -> dict:
     card = json.loads((package / CARD).read_text())
+    ensure_lexicon(package, corpus, card)
     summary = _summary(corpus)
     lin = card.setdefault("lineage", {})
     lin["corpus"] = summary

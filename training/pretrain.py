@@ -331,6 +331,7 @@ def _worker_loop(config: dict) -> dict | None:
 
     from speechadapt.asr.evaluation import error_rates
     from speechadapt.asr.model import ConformerCTC
+    from speechadapt.asr.package import lexicon_from_texts
     from speechadapt.asr.text import CharTokenizer
     from speechadapt.config_io import to_dict
     from speechadapt.training.loop import Trainer, feature_stats, load_examples, lr_at, transcribe_examples
@@ -478,7 +479,8 @@ def _worker_loop(config: dict) -> dict | None:
         "history": trainer.history,
     }
     export_package(Path(cfg.out), net.cpu().eval(), tokenizer, tc.features, overwrite=cfg.overwrite, name=cfg.name,
-                   version=cfg.version, description=cfg.description, metrics=metrics, lineage=lineage)
+                   version=cfg.version, description=cfg.description, metrics=metrics, lineage=lineage,
+                   lexicon=lexicon_from_texts(e.text for e in train))
     log(f"wrote {cfg.out} (best dev WER {trainer.best_wer:.1%} at step {meta['best_step']})")
     return {"out": cfg.out, "dev_wer": trainer.best_wer, "best_step": meta["best_step"], "steps": trainer.step_no,
             "workers": world, "wall_seconds": round(wall, 1), "restarts": meta["restarts"],

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fspeechadapt/v1/recognizer.proto\x12\x0espeechadapt.v1\x1a\x1egoogle/protobuf/duration.proto\"/\n\rSpeechContext\x12\x0f\n\x07phrases\x18\x01 \x03(\t\x12\r\n\x05\x62oost\x18\x02 \x01(\x02\"X\n\x11\x45ndpointingConfig\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12\x17\n\x0fstop_history_ms\x18\x02 \x01(\x05\x12\x18\n\x10max_utterance_ms\x18\x03 \x01(\x05\"\xce\x02\n\x11RecognitionConfig\x12/\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x1d.speechadapt.v1.AudioEncoding\x12\x19\n\x11sample_rate_hertz\x18\x02 \x01(\x05\x12\x1b\n\x13\x61udio_channel_count\x18\x03 \x01(\x05\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rlanguage_code\x18\x05 \x01(\t\x12\x18\n\x10max_alternatives\x18\x06 \x01(\x05\x12 \n\x18\x65nable_word_time_offsets\x18\x07 \x01(\x08\x12\x36\n\x0fspeech_contexts\x18\x08 \x03(\x0b\x32\x1d.speechadapt.v1.SpeechContext\x12\x36\n\x0b\x65ndpointing\x18\t \x01(\x0b\x32!.speechadapt.v1.EndpointingConfig\"\x82\x01\n\x1aStreamingRecognitionConfig\x12\x31\n\x06\x63onfig\x18\x01 \x01(\x0b\x32!.speechadapt.v1.RecognitionConfig\x12\x17\n\x0finterim_results\x18\x02 \x01(\x08\x12\x18\n\x10single_utterance\x18\x03 \x01(\x08\"\x91\x01\n\x19StreamingRecognizeRequest\x12\x46\n\x10streaming_config\x18\x01 \x01(\x0b\x32*.speechadapt.v1.StreamingRecognitionConfigH\x00\x12\x17\n\raudio_content\x18\x02 \x01(\x0cH\x00\x42\x13\n\x11streaming_request\"\x8c\x01\n\x08WordInfo\x12/\n\x0cstart_offset\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nend_offset\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04word\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x02\"o\n\x1cSpeechRecognitionAlternative\x12\x12\n\ntranscript\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12\'\n\x05words\x18\x03 \x03(\x0b\x32\x18.speechadapt.v1.WordInfo\"\xf3\x01\n\x1aStreamingRecognitionResult\x12\x42\n\x0c\x61lternatives\x18\x01 \x03(\x0b\x32,.speechadapt.v1.SpeechRecognitionAlternative\x12\x10\n\x08is_final\x18\x02 \x01(\x08\x12\x11\n\tstability\x18\x03 \x01(\x02\x12\x34\n\x11result_end_offset\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x13result_start_offset\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x8d\x02\n\x1aStreamingRecognizeResponse\x12;\n\x07results\x18\x01 \x03(\x0b\x32*.speechadapt.v1.StreamingRecognitionResult\x12U\n\x11speech_event_type\x18\x02 \x01(\x0e\x32:.speechadapt.v1.StreamingRecognizeResponse.SpeechEventType\x12\r\n\x05model\x18\x03 \x01(\t\"L\n\x0fSpeechEventType\x12\x1c\n\x18SPEECH_EVENT_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45ND_OF_SINGLE_UTTERANCE\x10\x01\"\\\n\x10RecognizeRequest\x12\x31\n\x06\x63onfig\x18\x01 \x01(\x0b\x32!.speechadapt.v1.RecognitionConfig\x12\x15\n\raudio_content\x18\x02 \x01(\x0c\"\xcb\x01\n\x17SpeechRecognitionResult\x12\x42\n\x0c\x61lternatives\x18\x01 \x03(\x0b\x32,.speechadapt.v1.SpeechRecognitionAlternative\x12\x34\n\x11result_end_offset\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x13result_start_offset\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x8c\x01\n\x11RecognizeResponse\x12\x38\n\x07results\x18\x01 \x03(\x0b\x32\'.speechadapt.v1.SpeechRecognitionResult\x12\r\n\x05model\x18\x02 \x01(\t\x12.\n\x0btotal_audio\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration*J\n\rAudioEncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x0c\n\x08LINEAR16\x10\x01\x12\x08\n\x04\x46LAC\x10\x02\x12\x07\n\x03WAV\x10\x03\x32\xcf\x01\n\nRecognizer\x12o\n\x12StreamingRecognize\x12).speechadapt.v1.StreamingRecognizeRequest\x1a*.speechadapt.v1.StreamingRecognizeResponse(\x01\x30\x01\x12P\n\tRecognize\x12 .speechadapt.v1.RecognizeRequest\x1a!.speechadapt.v1.RecognizeResponseBJP\x01ZFgithub.com/speechadapt/speechadapt/gen/go/speechadapt/v1;speechadaptv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fspeechadapt/v1/recognizer.proto\x12\x0espeechadapt.v1\x1a\x1egoogle/protobuf/duration.proto\"/\n\rSpeechContext\x12\x0f\n\x07phrases\x18\x01 \x03(\t\x12\r\n\x05\x62oost\x18\x02 \x01(\x02\"t\n\x11\x45ndpointingConfig\x12\x10\n\x08\x64isabled\x18\x01 \x01(\x08\x12\x17\n\x0fstop_history_ms\x18\x02 \x01(\x05\x12\x18\n\x10max_utterance_ms\x18\x03 \x01(\x05\x12\x1a\n\x12vad_aggressiveness\x18\x04 \x01(\x05\"\xce\x02\n\x11RecognitionConfig\x12/\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x1d.speechadapt.v1.AudioEncoding\x12\x19\n\x11sample_rate_hertz\x18\x02 \x01(\x05\x12\x1b\n\x13\x61udio_channel_count\x18\x03 \x01(\x05\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rlanguage_code\x18\x05 \x01(\t\x12\x18\n\x10max_alternatives\x18\x06 \x01(\x05\x12 \n\x18\x65nable_word_time_offsets\x18\x07 \x01(\x08\x12\x36\n\x0fspeech_contexts\x18\x08 \x03(\x0b\x32\x1d.speechadapt.v1.SpeechContext\x12\x36\n\x0b\x65ndpointing\x18\t \x01(\x0b\x32!.speechadapt.v1.EndpointingConfig\"\x82\x01\n\x1aStreamingRecognitionConfig\x12\x31\n\x06\x63onfig\x18\x01 \x01(\x0b\x32!.speechadapt.v1.RecognitionConfig\x12\x17\n\x0finterim_results\x18\x02 \x01(\x08\x12\x18\n\x10single_utterance\x18\x03 \x01(\x08\"\x91\x01\n\x19StreamingRecognizeRequest\x12\x46\n\x10streaming_config\x18\x01 \x01(\x0b\x32*.speechadapt.v1.StreamingRecognitionConfigH\x00\x12\x17\n\raudio_content\x18\x02 \x01(\x0cH\x00\x42\x13\n\x11streaming_request\"\x8c\x01\n\x08WordInfo\x12/\n\x0cstart_offset\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nend_offset\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04word\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x02\"o\n\x1cSpeechRecognitionAlternative\x12\x12\n\ntranscript\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12\'\n\x05words\x18\x03 \x03(\x0b\x32\x18.speechadapt.v1.WordInfo\"\xf3\x01\n\x1aStreamingRecognitionResult\x12\x42\n\x0c\x61lternatives\x18\x01 \x03(\x0b\x32,.speechadapt.v1.SpeechRecognitionAlternative\x12\x10\n\x08is_final\x18\x02 \x01(\x08\x12\x11\n\tstability\x18\x03 \x01(\x02\x12\x34\n\x11result_end_offset\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x13result_start_offset\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x8d\x02\n\x1aStreamingRecognizeResponse\x12;\n\x07results\x18\x01 \x03(\x0b\x32*.speechadapt.v1.StreamingRecognitionResult\x12U\n\x11speech_event_type\x18\x02 \x01(\x0e\x32:.speechadapt.v1.StreamingRecognizeResponse.SpeechEventType\x12\r\n\x05model\x18\x03 \x01(\t\"L\n\x0fSpeechEventType\x12\x1c\n\x18SPEECH_EVENT_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45ND_OF_SINGLE_UTTERANCE\x10\x01\"\\\n\x10RecognizeRequest\x12\x31\n\x06\x63onfig\x18\x01 \x01(\x0b\x32!.speechadapt.v1.RecognitionConfig\x12\x15\n\raudio_content\x18\x02 \x01(\x0c\"\xcb\x01\n\x17SpeechRecognitionResult\x12\x42\n\x0c\x61lternatives\x18\x01 \x03(\x0b\x32,.speechadapt.v1.SpeechRecognitionAlternative\x12\x34\n\x11result_end_offset\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x13result_start_offset\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x8c\x01\n\x11RecognizeResponse\x12\x38\n\x07results\x18\x01 \x03(\x0b\x32\'.speechadapt.v1.SpeechRecognitionResult\x12\r\n\x05model\x18\x02 \x01(\t\x12.\n\x0btotal_audio\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration*J\n\rAudioEncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x0c\n\x08LINEAR16\x10\x01\x12\x08\n\x04\x46LAC\x10\x02\x12\x07\n\x03WAV\x10\x03\x32\xcf\x01\n\nRecognizer\x12o\n\x12StreamingRecognize\x12).speechadapt.v1.StreamingRecognizeRequest\x1a*.speechadapt.v1.StreamingRecognizeResponse(\x01\x30\x01\x12P\n\tRecognize\x12 .speechadapt.v1.RecognizeRequest\x1a!.speechadapt.v1.RecognizeResponseBJP\x01ZFgithub.com/speechadapt/speechadapt/gen/go/speechadapt/v1;speechadaptv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,34 +33,34 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'speechadapt.v1.recognizer_p
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'P\001ZFgithub.com/speechadapt/speechadapt/gen/go/speechadapt/v1;speechadaptv1'
-  _globals['_AUDIOENCODING']._serialized_start=2057
-  _globals['_AUDIOENCODING']._serialized_end=2131
+  _globals['_AUDIOENCODING']._serialized_start=2085
+  _globals['_AUDIOENCODING']._serialized_end=2159
   _globals['_SPEECHCONTEXT']._serialized_start=83
   _globals['_SPEECHCONTEXT']._serialized_end=130
   _globals['_ENDPOINTINGCONFIG']._serialized_start=132
-  _globals['_ENDPOINTINGCONFIG']._serialized_end=220
-  _globals['_RECOGNITIONCONFIG']._serialized_start=223
-  _globals['_RECOGNITIONCONFIG']._serialized_end=557
-  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_start=560
-  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_end=690
-  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_start=693
-  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_end=838
-  _globals['_WORDINFO']._serialized_start=841
-  _globals['_WORDINFO']._serialized_end=981
-  _globals['_SPEECHRECOGNITIONALTERNATIVE']._serialized_start=983
-  _globals['_SPEECHRECOGNITIONALTERNATIVE']._serialized_end=1094
-  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_start=1097
-  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_end=1340
-  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_start=1343
-  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_end=1612
-  _globals['_STREAMINGRECOGNIZERESPONSE_SPEECHEVENTTYPE']._serialized_start=1536
-  _globals['_STREAMINGRECOGNIZERESPONSE_SPEECHEVENTTYPE']._serialized_end=1612
-  _globals['_RECOGNIZEREQUEST']._serialized_start=1614
-  _globals['_RECOGNIZEREQUEST']._serialized_end=1706
-  _globals['_SPEECHRECOGNITIONRESULT']._serialized_start=1709
-  _globals['_SPEECHRECOGNITIONRESULT']._serialized_end=1912
-  _globals['_RECOGNIZERESPONSE']._serialized_start=1915
-  _globals['_RECOGNIZERESPONSE']._serialized_end=2055
-  _globals['_RECOGNIZER']._serialized_start=2134
-  _globals['_RECOGNIZER']._serialized_end=2341
+  _globals['_ENDPOINTINGCONFIG']._serialized_end=248
+  _globals['_RECOGNITIONCONFIG']._serialized_start=251
+  _globals['_RECOGNITIONCONFIG']._serialized_end=585
+  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_start=588
+  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_end=718
+  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_start=721
+  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_end=866
+  _globals['_WORDINFO']._serialized_start=869
+  _globals['_WORDINFO']._serialized_end=1009
+  _globals['_SPEECHRECOGNITIONALTERNATIVE']._serialized_start=1011
+  _globals['_SPEECHRECOGNITIONALTERNATIVE']._serialized_end=1122
+  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_start=1125
+  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_end=1368
+  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_start=1371
+  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_end=1640
+  _globals['_STREAMINGRECOGNIZERESPONSE_SPEECHEVENTTYPE']._serialized_start=1564
+  _globals['_STREAMINGRECOGNIZERESPONSE_SPEECHEVENTTYPE']._serialized_end=1640
+  _globals['_RECOGNIZEREQUEST']._serialized_start=1642
+  _globals['_RECOGNIZEREQUEST']._serialized_end=1734
+  _globals['_SPEECHRECOGNITIONRESULT']._serialized_start=1737
+  _globals['_SPEECHRECOGNITIONRESULT']._serialized_end=1940
+  _globals['_RECOGNIZERESPONSE']._serialized_start=1943
+  _globals['_RECOGNIZERESPONSE']._serialized_end=2083
+  _globals['_RECOGNIZER']._serialized_start=2162
+  _globals['_RECOGNIZER']._serialized_end=2369
 # @@protoc_insertion_point(module_scope)

@@ -30,14 +30,16 @@ class SpeechContext(_message.Message):
     def __init__(self, phrases: _Optional[_Iterable[str]] = ..., boost: _Optional[float] = ...) -> None: ...
 
 class EndpointingConfig(_message.Message):
-    __slots__ = ("disabled", "stop_history_ms", "max_utterance_ms")
+    __slots__ = ("disabled", "stop_history_ms", "max_utterance_ms", "vad_aggressiveness")
     DISABLED_FIELD_NUMBER: _ClassVar[int]
     STOP_HISTORY_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_UTTERANCE_MS_FIELD_NUMBER: _ClassVar[int]
+    VAD_AGGRESSIVENESS_FIELD_NUMBER: _ClassVar[int]
     disabled: bool
     stop_history_ms: int
     max_utterance_ms: int
-    def __init__(self, disabled: _Optional[bool] = ..., stop_history_ms: _Optional[int] = ..., max_utterance_ms: _Optional[int] = ...) -> None: ...
+    vad_aggressiveness: int
+    def __init__(self, disabled: _Optional[bool] = ..., stop_history_ms: _Optional[int] = ..., max_utterance_ms: _Optional[int] = ..., vad_aggressiveness: _Optional[int] = ...) -> None: ...
 
 class RecognitionConfig(_message.Message):
     __slots__ = ("encoding", "sample_rate_hertz", "audio_channel_count", "model", "language_code", "max_alternatives", "enable_word_time_offsets", "speech_contexts", "endpointing")

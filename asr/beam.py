@@ -1,0 +1,251 @@
+"""CTC beam search: a lexicon of the model's words, n-best lists and phrase boosting.
+
+Runs flashlight-text's decoder through torchaudio. With a lexicon (the words the model was trained
+on, `lexicon.txt` in its package) every hypothesis is a sequence of lexicon words, which fixes most
+single-letter misspellings of a small character model; without one it searches over characters.
+
+Phrase boosting (Google's `speech_contexts`) is a word-level language model over a trie of phrases:
+each word that extends a phrase earns `boost` (natural-log units), a partial phrase that is
+abandoned gives its bonus back, and phrase words missing from the lexicon are added for that
+request. Without phrases the decoder has no language model and costs nothing extra.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, fields
+from typing import Iterable, Sequence
+
+import torch
+
+from speechadapt.asr.decoding import Hypothesis, Word
+from speechadapt.asr.text import CharTokenizer, normalize_text
+
+MAX_BOOST = 20.0
+DEFAULT_BOOST = 10.0
+MAX_PHRASES = 1000
+MAX_PHRASE_WORDS = 10
+
+
+@dataclass(frozen=True)
+class BeamConfig:
+    beam_size: int = 50
+    beam_size_token: int = 12
+    beam_threshold: float = 25.0
+    word_score: float = 0.0  # per-word insertion bonus (lexicon mode)
+    sil_score: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BeamConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown beam search options: {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Phrase:
+    words: tuple[str, ...]
+    boost: float = DEFAULT_BOOST
+
+
+def parse_phrases(contexts: Iterable[tuple[Sequence[str], float]], tokenizer: CharTokenizer) -> tuple[Phrase, ...]:
+    """(phrases, boost) groups -> normalised `Phrase`s. Raises ValueError naming every bad phrase."""
+    out, problems = [], []
+    for i, (phrases, boost) in enumerate(contexts):
+        if boost == 0:
+            boost = DEFAULT_BOOST
+        if not 0 < boost <= MAX_BOOST:
+            problems.append(f"speech_contexts[{i}].boost must be in (0, {MAX_BOOST:g}] (0 = default {DEFAULT_BOOST:g}), got {boost:g}")
+            continue
+        for j, raw in enumerate(phrases):
+            try:
+                text = normalize_text(raw)
+                tokenizer.encode(text)
+            except ValueError as e:
+                problems.append(f"speech_contexts[{i}].phrases[{j}] {raw!r}: {e}")
+                continue
+            words = tuple(text.split())
+            if not words:
+                problems.append(f"speech_contexts[{i}].phrases[{j}] {raw!r} has no words")
+            elif len(words) > MAX_PHRASE_WORDS:
+                problems.append(f"speech_contexts[{i}].phrases[{j}] has {len(words)} words; at most {MAX_PHRASE_WORDS}")
+            else:
+                out.append(Phrase(words, float(boost)))
+    if len(out) > MAX_PHRASES:
+        problems.append(f"{len(out)} phrases; at most {MAX_PHRASES} per request")
+    if problems:
+        raise ValueError("; ".join(problems[:10]) + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""))
+    return tuple(out)
+
+
+class _Node:
+    __slots__ = ("children", "bonus", "end", "state")
+
+    def __init__(self, bonus: float):
+        self.children: dict[int, _Node] = {}
+        self.bonus = bonus  # bonus collected from the root to here
+        self.end = False
+        self.state = None
+
+
+def _phrase_lm(sequences: list[tuple[list[int], float]]):
+    """A flashlight LM over symbol sequences (word ids with a lexicon, token ids without)."""
+    from torchaudio.models.decoder import CTCDecoderLM, CTCDecoderLMState
+
+    class PhraseLM(CTCDecoderLM):
+        def __init__(self):
+            super().__init__()
+            self.root = _Node(0.0)
+            for symbols, per_symbol in sequences:
+                node = self.root
+                for s in symbols:
+                    nxt = node.children.get(s)
+                    if nxt is None:
+                        nxt = node.children[s] = _Node(node.bonus + per_symbol)
+                    node = nxt
+                node.end = True
+            self.nodes = {}
+
+        def start(self, start_with_nothing: bool):
+            if self.root.state is None:
+                self.root.state = CTCDecoderLMState()
+                self.nodes[self.root.state] = self.root
+            return self.root.state
+
+        def _step(self, node: _Node, symbol: int) -> tuple[_Node, float, _Node]:
+            """-> (next node, score gain, its trie parent)."""
+            nxt = node.children.get(symbol)
+            if nxt is not None:
+                gain = nxt.bonus - node.bonus
+                if nxt.end and not nxt.children:  # a whole phrase: keep the bonus, start over
+                    return self.root, gain, self.root
+                return nxt, gain, node
+            # off the trie: an unfinished phrase gives its bonus back, then try a fresh start
+            refund = 0.0 if node.end else -node.bonus
+            fresh = self.root.children.get(symbol)
+            if fresh is not None:
+                return fresh, refund + fresh.bonus, self.root
+            return self.root, refund, self.root
+
+        def score(self, state, symbol: int):
+            self.start(False)
+            target, gain, parent = self._step(self.nodes[state], symbol)
+            if target.state is None:
+                target.state = parent.state.child(symbol)
+                self.nodes[target.state] = target
+            return target.state, gain
+
+        def finish(self, state):
+            node = self.nodes[state]
+            return self.start(False), (0.0 if node.end or node is self.root else -node.bonus)
+
+    return PhraseLM()
+
+
+class BeamDecoder:
+    """CTC beam search for one model; safe to share between threads (one search at a time per decoder)."""
+
+    def __init__(self, tokenizer: CharTokenizer, lexicon: Sequence[str] | None, cfg: BeamConfig = BeamConfig(),
+                 cache_size: int = 16):
+        self.tokenizer, self.cfg = tokenizer, cfg
+        self.lexicon = tuple(dict.fromkeys(lexicon)) if lexicon else None
+        self.tokens = ["-", "|", *tokenizer.tokens[2:]]
+        self._cache: OrderedDict[tuple[Phrase, ...], tuple[object, threading.Lock]] = OrderedDict()
+        self._cache_size = cache_size
+        self._cache_lock = threading.Lock()
+
+    def _build(self, phrases: tuple[Phrase, ...]):
+        from flashlight.lib.text.decoder import CriterionType, LexiconDecoderOptions, LexiconFreeDecoderOptions, ZeroLM
+        from flashlight.lib.text.dictionary import Dictionary, create_word_dict
+        from torchaudio.models.decoder import CTCDecoder
+
+        cfg, tokens_dict = self.cfg, Dictionary(self.tokens)
+        if self.lexicon is not None:
+            words = list(self.lexicon)
+            known = set(words)
+            words += [w for p in phrases for w in p.words if w not in known and not known.add(w)]
+            lexicon = {w: [list(w) + ["|"]] for w in words}
+            lexicon["<unk>"] = [["<unk>"]]
+            word_dict = create_word_dict(lexicon)
+            del lexicon["<unk>"]
+            seqs = [([word_dict.get_index(w) for w in p.words], p.boost) for p in phrases]
+            options = LexiconDecoderOptions(
+                beam_size=cfg.beam_size, beam_size_token=cfg.beam_size_token, beam_threshold=cfg.beam_threshold,
+                lm_weight=1.0, word_score=cfg.word_score, unk_score=float("-inf"), sil_score=cfg.sil_score,
+                log_add=False, criterion_type=CriterionType.CTC,
+            )
+        else:
+            lexicon, word_dict = None, None
+            seqs = []
+            for p in phrases:
+                ids = [tokens_dict.get_index(t) for t in "|".join(p.words)]
+                seqs.append((ids, p.boost * len(p.words) / len(ids)))
+            options = LexiconFreeDecoderOptions(
+                beam_size=cfg.beam_size, beam_size_token=cfg.beam_size_token, beam_threshold=cfg.beam_threshold,
+                lm_weight=1.0, sil_score=cfg.sil_score, log_add=False, criterion_type=CriterionType.CTC,
+            )
+        lm = _phrase_lm(seqs) if phrases else ZeroLM()
+        return CTCDecoder(nbest=1, lexicon=lexicon, word_dict=word_dict, tokens_dict=tokens_dict, lm=lm,
+                          decoder_options=options, blank_token="-", sil_token="|", unk_word="<unk>")
+
+    def _decoder(self, phrases: tuple[Phrase, ...]):
+        with self._cache_lock:
+            hit = self._cache.get(phrases)
+            if hit is not None:
+                self._cache.move_to_end(phrases)
+                return hit
+        built = (self._build(phrases), threading.Lock())
+        with self._cache_lock:
+            self._cache[phrases] = built
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return built
+
+    def decode(self, logits: torch.Tensor, frame_seconds: float, start_frame: int = 0, nbest: int = 1,
+               phrases: tuple[Phrase, ...] = ()) -> list[Hypothesis]:
+        """logits (T, vocab) of one utterance -> up to `nbest` hypotheses, best first (at least one)."""
+        span = (start_frame * frame_seconds, (start_frame + logits.shape[0]) * frame_seconds)
+        if logits.shape[0] == 0:
+            return [Hypothesis("", (), 0.0, *span)]
+        logp = logits.float().log_softmax(-1)
+        # a closing word boundary: lexicon spellings end in the separator, which the model need not emit at the end
+        boundary = torch.full((1, logp.shape[1]), -1e4)
+        boundary[0, 1] = 0.0
+        path = torch.cat([logp, boundary]).contiguous()
+        decoder, lock = self._decoder(tuple(phrases))
+        with lock:
+            decoder.nbest = nbest
+            results = decoder(path[None])[0]
+        hyps = [self._hypothesis(r, logp, frame_seconds, start_frame, span) for r in results]
+        return hyps or [Hypothesis("", (), 0.0, *span)]
+
+    def _hypothesis(self, r, logp: torch.Tensor, frame_seconds: float, start_frame: int, span) -> Hypothesis:
+        words: list[Word] = []
+        letters: list[tuple[int, int]] = []  # (token, frame)
+
+        def close():
+            if letters:
+                text = "".join(self.tokens[t] for t, _ in letters)
+                conf = sum(float(logp[f, t].exp()) for t, f in letters) / len(letters)
+                first, last = letters[0][1], letters[-1][1]
+                words.append(Word(text, (start_frame + first) * frame_seconds, (start_frame + last + 1) * frame_seconds, conf))
+                letters.clear()
+
+        # flashlight's token path has a leading and a trailing silence: path index i is frame i - 1
+        for tok, step in zip(r.tokens.tolist(), r.timesteps.tolist()):
+            frame = min(max(step - 1, 0), logp.shape[0] - 1)
+            if tok == 1:
+                close()
+            elif tok > 1:
+                letters.append((tok, frame))
+        close()
+        if r.words and len(r.words) == len(words):  # the lexicon's spelling of each word
+            words = [Word(w, x.start, x.end, x.confidence) for w, x in zip(r.words, words)]
+        conf = sum(w.confidence for w in words) / len(words) if words else 0.0
+        return Hypothesis(" ".join(w.word for w in words), tuple(words), conf, *span)
