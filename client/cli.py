@@ -83,7 +83,8 @@ def _transcribe(args: argparse.Namespace) -> int:
         with SpeechClient(args.server, tls=args.tls, root_certificates=args.ca_cert) as client:
             for file in args.files:
                 results = client.stream_file(file, model=args.model, interim_results=args.interim,
-                                             realtime=args.realtime, phrases=args.phrase, boost=args.boost)
+                                             realtime=args.realtime, phrases=args.phrase, boost=args.boost,
+                                             max_alternatives=args.alternatives, vad_aggressiveness=args.vad)
                 for r in results:
                     if human is not None:
                         human.result(file, r)
@@ -537,7 +538,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phrase", action="extend", nargs="+", default=[], metavar="P",
                    help="phrase to bias recognition towards (repeatable)")
     p.add_argument("--boost", type=float, default=0.0, metavar="B",
-                   help="log-score bonus per matched phrase (default: the server's)")
+                   help="log-score bonus per matched phrase word, up to 20 (default: the server's, 10)")
+    p.add_argument("--alternatives", type=int, default=1, metavar="N",
+                   help="n-best hypotheses per final result, 1..10 (JSON output lists them; default: 1)")
+    p.add_argument("--vad", type=int, default=0, choices=(-1, 0, 1, 2, 3), metavar="A",
+                   help="webrtcvad aggressiveness that must agree before an utterance ends: 1..3, 0 = server "
+                        "default, -1 = off")
     p.set_defaults(_handler=_transcribe)
 
     models = sub.add_parser("models", help="list and inspect the server's models")

@@ -113,8 +113,9 @@ class Result:
         return self.alternatives[0].words if self.alternatives else ()
 
     def to_json(self, file: str | None = None) -> dict[str, Any]:
-        """The CLI's JSON line: file, is_final, transcript, confidence, stability, words[{word, start, end}]."""
-        return {
+        """The CLI's JSON line: file, is_final, transcript, confidence, stability, words[{word, start, end}];
+        with an n-best list also alternatives[{transcript, confidence}], best first."""
+        line = {
             "file": file,
             "is_final": self.is_final,
             "transcript": self.transcript,
@@ -122,6 +123,9 @@ class Result:
             "stability": self.stability,
             "words": [{"word": w.word, "start": w.start, "end": w.end} for w in self.words],
         }
+        if len(self.alternatives) > 1:
+            line["alternatives"] = [{"transcript": a.transcript, "confidence": a.confidence} for a in self.alternatives]
+        return line
 
     @classmethod
     def from_streaming(cls, r: recognizer_pb2.StreamingRecognitionResult, model: str = "") -> Result:
@@ -202,7 +206,9 @@ class StreamConfig:
     (the server resamples and downmixes). `phrases` with `boost` bias
     recognition; 0 boost means the server default. `endpointing=False` gives
     one final result at the end of the stream; `stop_history_ms` and
-    `max_utterance_ms` of 0 mean the server defaults.
+    `max_utterance_ms` of 0 mean the server defaults; `vad_aggressiveness`
+    sets the voice activity detector that must agree before an utterance ends.
+    `max_alternatives` > 1 gives n-best lists on final results.
     """
 
     sample_rate_hertz: int
@@ -219,6 +225,7 @@ class StreamConfig:
     endpointing: bool = True
     stop_history_ms: int = 0
     max_utterance_ms: int = 0
+    vad_aggressiveness: int = 0  # webrtcvad 1..3 must agree with the decoder; 0 = server default, -1 = off
 
     def __post_init__(self):
         if isinstance(self.phrases, str):
@@ -245,6 +252,8 @@ class StreamConfig:
             raise ValueError(f"stop_history_ms must be 0 (server default) or 100..10000, not {self.stop_history_ms}")
         if self.max_utterance_ms and not 1000 <= self.max_utterance_ms <= 300000:
             raise ValueError(f"max_utterance_ms must be 0 (server default) or 1000..300000, not {self.max_utterance_ms}")
+        if not -1 <= self.vad_aggressiveness <= 3:
+            raise ValueError(f"vad_aggressiveness must be -1 (off), 0 (server default) or 1..3, not {self.vad_aggressiveness}")
 
     def recognition_config(self) -> recognizer_pb2.RecognitionConfig:
         """The RecognitionConfig part (also what Recognize sends)."""
@@ -259,11 +268,12 @@ class StreamConfig:
         )
         if self.phrases:
             cfg.speech_contexts.add(phrases=self.phrases, boost=self.boost)
-        if not self.endpointing or self.stop_history_ms or self.max_utterance_ms:
+        if not self.endpointing or self.stop_history_ms or self.max_utterance_ms or self.vad_aggressiveness:
             cfg.endpointing.CopyFrom(recognizer_pb2.EndpointingConfig(
                 disabled=not self.endpointing,
                 stop_history_ms=self.stop_history_ms,
                 max_utterance_ms=self.max_utterance_ms,
+                vad_aggressiveness=self.vad_aggressiveness,
             ))
         return cfg
 

@@ -137,7 +137,8 @@ def test_result_from_proto_and_json_contract():
     assert len(res.alternatives) == 2 and res.alternatives[1].transcript == "hollow world"
 
     j = res.to_json("a.wav")
-    assert set(j) == JSON_KEYS
+    assert set(j) == JSON_KEYS | {"alternatives"}  # listed only with an n-best list
+    assert [a["transcript"] for a in j["alternatives"]] == ["hello world", "hollow world"]
     assert j["file"] == "a.wav" and j["is_final"] is True and j["transcript"] == "hello world"
     assert j["confidence"] == 0.9  # float32 noise removed
     assert j["words"] == [{"word": "hello", "start": 1.25, "end": 1.7}, {"word": "world", "start": 1.8, "end": 2.4}]

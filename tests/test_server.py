@@ -230,13 +230,14 @@ def test_admission_limit_and_disconnect_frees_the_session(make_server, clean_utt
 
     ch = grpc.insecure_channel(srv.address)
     call = pb_grpc.RecognizerStub(ch).StreamingRecognize(held())
-    assert _wait_until(lambda: srv.server.admission.active == 1)
+    assert _wait_until(lambda: srv.server.admission.active == 1 and srv.server.batcher.active == 1)
     code, msg = error_of(lambda: stream(srv, requests(audio)))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit of 1" in msg
     call.cancel()  # the client goes away mid-stream
     release.set()
     ch.close()
-    assert _wait_until(lambda: srv.server.admission.active == 0), "the abandoned session was not freed"
+    assert _wait_until(lambda: srv.server.admission.active == 0 and srv.server.batcher.active == 0), \
+        "the abandoned session was not freed"
     assert_serves(srv, clean_utterances)
 
 

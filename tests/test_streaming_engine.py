@@ -126,3 +126,23 @@ def test_the_vad_must_agree_before_an_utterance_ends(sentences, vad, finals):
     if stream.result().text:
         got.append(stream.final_result()[0].text)
     assert len(got) == finals, got
+
+
+def test_incremental_and_whole_utterance_decoding_agree(sentences):
+    """Chunk by chunk with cached context vs one pass with the chunk mask: logits within 1e-4, same final text."""
+    from speechadapt.asr import EndpointConfig, Stream, load_model
+
+    model = load_model(BASE)
+    for a in sentences:
+        samples = a.astype(np.float32) / 32768
+        stream = Stream(model, 16000, EndpointConfig(enabled=False))
+        for i in range(0, len(samples), 1234):  # odd piece sizes
+            stream.accept_waveform(samples[i : i + 1234])
+            stream.decode()
+        stream.input_finished()
+        stream.decode()
+        whole = model.logits(samples)
+        inc = stream._decoder.utterance_logits()
+        assert inc.shape == whole.shape
+        assert (inc - whole).abs().max().item() < 1e-4
+        assert stream.final_result()[0].text == model.transcribe(samples).text
