@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR ?= .cache/demo
 
-.PHONY: install system-deps test demo proto proto-check bench clean base-en
+.PHONY: install system-deps test demo proto proto-check bench bench-transfer clean base-en
 
 system-deps:
 	@{ command -v espeak-ng && test -f /usr/share/dict/words; } >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng wamerican; }
@@ -44,6 +44,15 @@ base-en: install
 	$(PY) -m speechadapt.training.model_card models/base-en/1 --corpus $(BASE_DIR)/corpus/train \
 	    --dev-corpus $(BASE_DIR)/corpus/dev --bench bench/results/base_model.json --reproduce "make base-en"
 	rm -rf asr/models/base-en && mkdir -p asr/models/base-en && cp models/base-en/1/* asr/models/base-en/
+
+# Benchmarks (results: bench/results/*.json and the README). transfer_curve takes about 70 min on 2 cores.
+bench: install
+	$(PY) bench/base_model.py --model base-en --per-accent 30
+	$(PY) bench/phrase_boost.py
+	$(PY) bench/streaming.py
+
+bench-transfer: install
+	$(PY) bench/transfer_curve.py
 
 clean:
 	rm -rf .cache build *.egg-info .pytest_cache
