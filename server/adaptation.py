@@ -392,10 +392,10 @@ def event_message(job_id: str, ev: dict) -> pb.JobEvent:
     eta_s = ev.get("eta_s")
     if isinstance(eta_s, (int, float)) and eta_s > 0:
         eta.FromNanoseconds(int(eta_s * 1e9))
-    dev_wer = ev.get("dev_wer")
+    dev_wer, loss = ev.get("dev_wer"), ev.get("loss")
     return pb.JobEvent(
         job_id=job_id, state=pb.JobState.Value(ev.get("state", QUEUED)), phase=str(ev.get("phase", "")),
-        step=int(ev.get("step") or 0), total_steps=int(ev.get("total_steps") or 0), loss=float(ev.get("loss") or 0.0),
+        step=int(ev.get("step") or 0), total_steps=int(ev.get("total_steps") or 0), loss=float(loss) if isinstance(loss, (int, float)) and loss > 0 else 0.0,
         dev_wer=float(dev_wer) if isinstance(dev_wer, (int, float)) else -1.0, eta=eta, time=_ts(ev.get("time")),
         message=str(ev.get("message", "")),
     )

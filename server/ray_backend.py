@@ -310,6 +310,10 @@ class RayBackend:
                     raise
                 log.info("Ray is not ready to take jobs yet (%s); retrying", str(e).strip())
             except OSError:  # requests' ConnectionError: the dashboard is restarting
+                if self.local and self._head_pid is not None and not self._head_alive():
+                    logs = self.state_dir / "ray" / "head.log"
+                    raise RayUnavailable(f"the local Ray head died after starting (often: the machine is overloaded); "
+                                         f"see {logs}:\n" + _tail(logs))
                 if time.monotonic() > deadline:
                     raise
             tried = True

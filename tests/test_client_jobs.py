@@ -1,14 +1,16 @@
 """The client side of adaptation jobs: types, uploads, job calls and the `speechadapt jobs` CLI.
 
-Three layers:
+Two layers:
 - no network: proto <-> dataclass conversion, progress and summary lines, manifest and spec checks,
   CLI parsing, and the local errors that must come before any connection;
-- a loopback Adaptation servicer that records what the client sends and answers from a script (like
-  test_client_unit's Recorder), to pin the client's side of the contract (which bytes an upload
-  sends from which offset, the manifest it sends, paging, watch, the CLI's output and exit codes)
-  without Ray;
-- the real server (speechadapt.server on loopback): uploads, dedup, resume, server-side spec checks.
-  Those skip only while the server answers UNIMPLEMENTED for the RPC in question.
+- the real server (speechadapt.server on loopback, conftest's ServerThread): uploads (only the missing
+  bytes, resume, continuing past the server's per-call limit), server-side spec and data checks, and real
+  adaptation jobs on the local Ray head the server starts. To keep the time down the module runs two jobs:
+  ONE small job (tiny@1, tiny's own audio, head strategy, one epoch) submitted with
+  `speechadapt jobs submit --upload --wait --json`, whose finished record, events and report serve every
+  list/get/watch/report/summary test; and one more that is waited on with timeouts shorter than the job and
+  cancelled via the CLI right after it starts running. What the tests expect is read off the server itself
+  (GetJob, WatchJob, GetJobReport on a raw stub), so they hold whether or not the job's model was promoted.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import asyncio
 import hashlib
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
 import threading
-from concurrent import futures
+import time
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -42,7 +46,6 @@ from speechadapt.client.cli import build_parser, main
 from speechadapt.client.upload import Upload, read_local_manifest
 from speechadapt.v1 import adaptation_pb2 as pb
 from speechadapt.v1 import adaptation_pb2_grpc as pb_grpc
-from speechadapt.v1 import models_pb2, models_pb2_grpc
 
 PY = sys.executable
 RECORD_KEYS = {"id", "state", "promoted", "reason", "model", "version", "metrics"}
@@ -359,447 +362,6 @@ def test_cli_unreachable_server_exits_1(tmp_path):
     assert r.returncode == 2 and "unknown job state 'done'" in r.stderr
 
 
-# -- a loopback Adaptation servicer that records requests and plays a script
-
-
-class Scripted(pb_grpc.AdaptationServicer):
-    """Records every request. CheckUpload answers from `held` (sha256 -> bytes present, complete);
-    SubmitJob checks the spec with JobSpec.from_proto (INVALID_ARGUMENT listing problems) and queues
-    job "job-<n>"; WatchJob plays `events`, GetJob returns `final` once they are played; ListJobs
-    pages two jobs per page; GetJobReport returns fixed files."""
-
-    def __init__(self):
-        self.held: dict[str, tuple[int, bool]] = {}
-        self.checks: list[list[str]] = []
-        self.uploads: list[list[pb.UploadDataRequest]] = []
-        self.submitted: list[pb.JobSpec] = []
-        self.final_state = pb.SUCCEEDED
-        self.promoted = True
-        self.watched = 0
-        self.cancelled: list[str] = []
-        self.list_requests: list[pb.ListJobsRequest] = []
-
-    def CheckUpload(self, request, context):
-        self.checks.append(list(request.sha256))
-        return pb.CheckUploadResponse(blobs=[
-            pb.BlobStatus(sha256=s, bytes_present=self.held.get(s, (0, False))[0], complete=self.held.get(s, (0, False))[1])
-            for s in request.sha256])
-
-    def UploadData(self, request_iterator, context):
-        reqs = list(request_iterator)
-        self.uploads.append(reqs)
-        if not reqs or reqs[-1].WhichOneof("payload") != "manifest":
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the upload ended before its manifest")
-        content = reqs[-1].manifest.content
-        return pb.UploadDataResponse(manifest_uri="data://" + hashlib.sha256(content).hexdigest(),
-                                     utterances=len(content.splitlines()), audio_seconds=1.5,
-                                     bytes_received=sum(len(r.blob.data) for r in reqs[:-1]))
-
-    def _job(self, n: int, state=pb.QUEUED) -> pb.Job:
-        return pb.Job(id=f"job-{n}", spec=self.submitted[n - 1] if n <= len(self.submitted) else None,
-                      state=state, create_time=ts(T0))
-
-    def SubmitJob(self, request, context):
-        try:
-            JobSpec.from_proto(request.spec)
-        except JobSpecError as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        self.submitted.append(request.spec)
-        return self._job(len(self.submitted))
-
-    def _events(self, job_id):
-        yield pb.JobEvent(job_id=job_id, state=pb.QUEUED, dev_wer=-1, time=ts(T0), message="waiting for a worker")
-        yield pb.JobEvent(job_id=job_id, state=pb.RUNNING, phase="baseline", dev_wer=-1, time=ts(T0.replace(second=5)))
-        for step in (50, 100):
-            yield pb.JobEvent(job_id=job_id, state=pb.RUNNING, phase="train", step=step, total_steps=100,
-                              loss=1.0 / step, dev_wer=0.3 - step / 1000, eta=dur(100 - step),
-                              time=ts(T0.replace(second=5 + step // 10)))
-        yield pb.JobEvent(job_id=job_id, state=self.final_state, phase="publish", dev_wer=-1,
-                          time=ts(T0.replace(minute=1)))
-
-    def WatchJob(self, request, context):
-        self.watched += 1
-        if request.id.startswith("missing"):
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.id!r}")
-        yield from self._events(request.id)
-
-    def GetJob(self, request, context):
-        if request.id.startswith("missing"):
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.id!r}")
-        j = self._job(int(request.id.split("-")[1]), self.final_state)
-        j.start_time.CopyFrom(ts(T0.replace(second=1)))
-        j.end_time.CopyFrom(ts(T0.replace(minute=1, second=1)))
-        j.metrics.CopyFrom(pb.JobMetrics(base_target_wer=0.3, adapted_target_wer=0.2, base_source_wer=0.05,
-                                         adapted_source_wer=0.06, relatedness=-1))
-        if self.final_state == pb.SUCCEEDED:
-            j.promoted, j.model, j.version = self.promoted, ("acc" if self.promoted else ""), (2 if self.promoted else 0)
-            j.reason = "target WER improved by 10.0 points" if self.promoted else "source WER rose 1.0 point"
-        else:
-            j.reason = "the base model has no tokenizer"
-        return j
-
-    def ListJobs(self, request, context):
-        self.list_requests.append(request)
-        start = int(request.page_token or 0)
-        states = [pb.QUEUED, pb.RUNNING, pb.SUCCEEDED, pb.FAILED, pb.CANCELLED]
-        jobs = [pb.Job(id=f"job-{i}", state=states[i % 5]) for i in range(1, 6)]
-        if request.states:
-            jobs = [j for j in jobs if j.state in request.states]
-        page = jobs[start:start + 2]
-        return pb.ListJobsResponse(jobs=page, next_page_token=str(start + 2) if start + 2 < len(jobs) else "")
-
-    def CancelJob(self, request, context):
-        self.cancelled.append(request.id)
-        return pb.Job(id=request.id, state=pb.CANCELLED)
-
-    def GetJobReport(self, request, context):
-        return pb.JobReport(job_id=request.id, metrics_json=json.dumps({"job_id": request.id, "history": [1, 2]}).encode(),
-                            plot_png=b"\x89PNG\r\n\x1a\nfake")
-
-
-class OneModel(models_pb2_grpc.ModelsServicer):
-    """GetModel knows tiny@1 only (submit_job with upload looks the base model up first)."""
-
-    def GetModel(self, request, context):
-        if request.model not in ("tiny", "tiny@1"):
-            context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model!r} not found (available: tiny@1)")
-        return models_pb2.Model(name="tiny", version=1)
-
-
-@pytest.fixture
-def scripted():
-    svc = Scripted()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    pb_grpc.add_AdaptationServicer_to_server(svc, server)
-    models_pb2_grpc.add_ModelsServicer_to_server(OneModel(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield svc, f"127.0.0.1:{port}"
-    server.stop(0)
-
-
-def test_upload_sends_only_missing_bytes(tmp_path, scripted):
-    svc, address = scripted
-    m = make_corpus(tmp_path, n=3)
-    wavs = [tmp_path / "audio" / f"u{i}.wav" for i in range(3)]
-    size = wavs[0].stat().st_size
-    svc.held = {sha(wavs[0]): (size, True), sha(wavs[1]): (3000, False)}
-    seen: list[UploadProgress] = []
-    with SpeechClient(address, timeout=30) as client:
-        uri = client.upload_data(m, chunk_bytes=2048, on_progress=seen.append)
-    reqs = svc.uploads[0]
-    assert svc.checks == [[sha(w) for w in wavs]]
-    blobs = [r.blob for r in reqs[:-1]]
-    assert {b.sha256 for b in blobs} == {sha(wavs[1]), sha(wavs[2])}
-    assert b"".join(b.data for b in blobs if b.sha256 == sha(wavs[1])) == wavs[1].read_bytes()[3000:]
-    assert b"".join(b.data for b in blobs if b.sha256 == sha(wavs[2])) == wavs[2].read_bytes()
-    assert [b.offset for b in blobs if b.sha256 == sha(wavs[1])][0] == 3000
-    assert all(len(b.data) <= 2048 for b in blobs)
-    manifest = reqs[-1].manifest
-    assert uri == "data://" + hashlib.sha256(manifest.content).hexdigest()
-    assert [json.loads(x)["audio"] for x in manifest.content.decode().splitlines()] == [sha(w) for w in wavs]
-    done = seen[-1]
-    assert done.stage == "done" and done.manifest_uri == uri and done.utterances == 3
-    assert done.bytes_received == 2 * size - 3000 == done.bytes_sent
-
-
-class PerCallLimit(Scripted):
-    """Like the real server's max_upload_bytes: a call that passes `limit` blob bytes is refused with
-    RESOURCE_EXHAUSTED, and what arrived before is kept (and reported by CheckUpload)."""
-
-    def __init__(self, limit: int):
-        super().__init__()
-        self.limit = limit
-        self.received: dict[str, bytearray] = {}
-
-    def UploadData(self, request_iterator, context):
-        reqs, got = [], 0
-        self.uploads.append(reqs)
-        for req in request_iterator:
-            reqs.append(req)
-            if req.WhichOneof("payload") == "blob":
-                b = req.blob
-                got += len(b.data)
-                if got > self.limit:
-                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"over {self.limit} bytes per UploadData call")
-                data = self.received.setdefault(b.sha256, bytearray())
-                assert b.offset == len(data), "chunks must continue where the held bytes end"
-                data += b.data
-                self.held[b.sha256] = (len(data), len(data) == b.total_size)
-        content = reqs[-1].manifest.content
-        return pb.UploadDataResponse(manifest_uri="data://" + hashlib.sha256(content).hexdigest(),
-                                     utterances=len(content.splitlines()), bytes_received=got)
-
-
-@pytest.mark.parametrize("asynchronous", [False, True])
-def test_upload_continues_in_new_calls_past_a_per_call_limit(tmp_path, asynchronous):
-    m = make_corpus(tmp_path, n=3, seconds=1.0)
-    wavs = [tmp_path / "audio" / f"u{i}.wav" for i in range(3)]
-    svc = PerCallLimit(limit=20000)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    pb_grpc.add_AdaptationServicer_to_server(svc, server)
-    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
-    server.start()
-    try:
-        if asynchronous:
-            async def go():
-                async with AsyncSpeechClient(address, timeout=30) as client:
-                    return await client.upload_data(m, chunk_bytes=4096)
-            uri = asyncio.run(go())
-        else:
-            with SpeechClient(address, timeout=30) as client:
-                uri = client.upload_data(m, chunk_bytes=4096)
-        assert uri.startswith("data://")
-        # 96 kB in 4 kB chunks, 20 kB a call: 4 chunks a call are kept, so 5 refused calls, then the rest and
-        # the manifest; held bytes are never sent again (the servicer checks each offset)
-        assert len(svc.uploads) == 6 and svc.uploads[-1][-1].WhichOneof("payload") == "manifest"
-        assert all(bytes(svc.received[sha(w)]) == w.read_bytes() for w in wavs)
-        svc.received.clear()
-        svc.held.clear()
-        svc.limit = 100  # less than one chunk: no call adds anything, so the error is the caller's
-        with SpeechClient(address, timeout=30) as client, pytest.raises(SpeechAdaptError) as e:
-            client.upload_data(m, chunk_bytes=4096)
-        assert e.value.code == "RESOURCE_EXHAUSTED" and "over 100 bytes" in e.value.message
-    finally:
-        server.stop(0)
-
-
-def test_async_upload_and_submit_with_upload(tmp_path, scripted):
-    svc, address = scripted
-    m = make_corpus(tmp_path / "data", n=2)
-    spec = {"name": "acc", "base_model": "tiny@1", "train_manifest": str(m), "dev_manifest": str(m),
-            "source_dev_manifest": "/workers/src.jsonl"}
-    stages: list[str] = []
-
-    async def go():
-        async with AsyncSpeechClient(address, timeout=30) as client:
-            uri = await client.upload_data(m, on_progress=lambda p: stages.append(p.stage))
-            job = await client.submit_job(spec, upload=True)
-            events = [e async for e in client.watch_job(job.id)]
-            final = await client.wait_job(job.id, on_event=lambda e: asyncio.sleep(0))
-            listed = await client.list_jobs(["succeeded", "FAILED"])
-            return uri, job, events, final, listed
-
-    uri, job, events, final, listed = asyncio.run(go())
-    assert stages[0] == "hash" and "send" in stages and stages[-1] == "done"
-    assert len(svc.uploads) == 2  # upload_data, then the one shared train/dev manifest
-    sent = svc.submitted[0]
-    assert sent.train_manifest == sent.dev_manifest == uri
-    assert sent.source_dev_manifest == "/workers/src.jsonl"  # not local: left as it is
-    assert job.state == "QUEUED" and job.spec.dev_manifest == uri
-    assert [e.phase for e in events] == ["", "baseline", "train", "train", "publish"] and events[-1].ended
-    assert final.state == "SUCCEEDED" and final.model_ref == "acc@2"
-    assert [(j.id, j.state) for j in listed] == [("job-2", "SUCCEEDED"), ("job-3", "FAILED")]
-
-
-def test_sync_job_calls(tmp_path, scripted):
-    svc, address = scripted
-    spec = JobSpec("acc", "tiny@1", "/w/t.jsonl", "/w/d.jsonl")
-    seen: list[JobEvent] = []
-    with SpeechClient(address, timeout=30) as client:
-        job = client.submit_job(spec)
-        final = client.wait_job(job.id, timeout=30, on_event=seen.append)
-        all_jobs = client.list_jobs(page_size=2)
-        cancelled = client.cancel_job("job-7")
-        metrics = client.get_job_report(job.id, tmp_path / "rep" / "j1")
-        with pytest.raises(SpeechAdaptError) as e:
-            client.submit_job(pb.JobSpec(name="a b", base_model="tiny", train_manifest="/t", dev_manifest="/d"))
-        with pytest.raises(SpeechAdaptError) as nf:
-            client.get_job("missing-1")
-        with pytest.raises(SpeechAdaptError) as w:
-            list(client.watch_job("missing-2"))
-    assert JobSpec.from_proto(svc.submitted[0]) == spec
-    assert [e.phase or e.state for e in seen] == ["QUEUED", "baseline", "train", "train", "publish"]
-    assert seen[2].eta == 50.0 and seen[2].dev_wer == pytest.approx(0.25) and seen[1].dev_wer is None
-    assert final.succeeded and final.promoted and final.metrics.adapted_target_wer == 0.2
-    assert [j.id for j in all_jobs] == [f"job-{i}" for i in range(1, 6)]
-    assert [r.page_token for r in svc.list_requests] == ["", "2", "4"]
-    assert cancelled.state == "CANCELLED" and svc.cancelled == ["job-7"]
-    assert metrics == {"job_id": job.id, "history": [1, 2]}
-    assert (tmp_path / "rep" / "j1" / "training.png").read_bytes().startswith(b"\x89PNG")
-    assert json.loads((tmp_path / "rep" / "j1" / "metrics.json").read_text()) == metrics
-    assert e.value.code == "INVALID_ARGUMENT" and "name 'a b'" in e.value.message
-    assert nf.value.code == w.value.code == "NOT_FOUND"
-
-
-def test_wait_job_timeout_says_the_job_keeps_running(scripted):
-    _, address = scripted
-    gate = threading.Event()
-
-    class Slow(Scripted):
-        def WatchJob(self, request, context):
-            yield pb.JobEvent(job_id=request.id, state=pb.RUNNING, phase="train")
-            gate.wait(5)
-
-    svc = Slow()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    pb_grpc.add_AdaptationServicer_to_server(svc, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        with SpeechClient(f"127.0.0.1:{port}") as client, pytest.raises(SpeechAdaptError) as e:
-            client.wait_job("job-1", timeout=0.5)
-    finally:
-        gate.set()
-        server.stop(0)
-    assert e.value.code == "DEADLINE_EXCEEDED"
-    assert str(e.value) == "DEADLINE_EXCEEDED: job job-1 did not end within 0.5 s; it keeps running: wait again, or cancel it"
-
-
-def write_spec(folder: Path, **keys) -> Path:
-    data = {"name": "acc", "base_model": "tiny@1", "train_manifest": "/w/train.jsonl", "dev_manifest": "/w/dev.jsonl"}
-    data.update(keys)
-    path = folder / "job.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def test_cli_submit_wait_json_is_exactly_the_record(tmp_path, scripted):
-    svc, address = scripted
-    spec = write_spec(tmp_path)
-    r = run_cli("jobs", "submit", str(spec), "--server", address, "--wait", "--json")
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.count("\n") == 1
-    rec = json.loads(r.stdout)
-    assert set(rec) == RECORD_KEYS and set(rec["metrics"]) == WER_KEYS
-    assert rec == {"id": "job-1", "state": "SUCCEEDED", "promoted": True,
-                   "reason": "target WER improved by 10.0 points", "model": "acc", "version": 2,
-                   "metrics": {"base_target_wer": 0.3, "adapted_target_wer": 0.2, "base_source_wer": 0.05,
-                               "adapted_source_wer": 0.06}}
-    progress = r.stderr.splitlines()  # not a TTY: one line per event
-    assert progress == ["job job-1 QUEUED", "queued  waiting for a worker", "baseline",
-                        "train  step 50/100  loss 0.020  dev WER 25.0%  ETA 50s",
-                        "train  step 100/100  loss 0.010  dev WER 20.0%", "SUCCEEDED"]
-
-
-def test_cli_submit_human_summary_and_exit_codes(tmp_path, scripted):
-    svc, address = scripted
-    spec = write_spec(tmp_path)
-    r = run_cli("jobs", "submit", str(spec), "--server", address)
-    assert (r.returncode, r.stdout, r.stderr) == (0, "job-1\n", "")
-    r = run_cli("jobs", "submit", str(spec), "--server", address, "--json")
-    assert r.returncode == 0 and json.loads(r.stdout)["state"] == "QUEUED"
-    svc.promoted = False
-    r = run_cli("jobs", "submit", str(spec), "--server", address, "--wait")
-    assert r.returncode == 0, r.stderr  # SUCCEEDED, even when not promoted
-    out = r.stdout.splitlines()
-    assert out[0] == "job job-3 QUEUED" and "train  step 100/100  loss 0.010  dev WER 20.0%" in out
-    tail = out[-5:]
-    assert tail[0] == "job job-3 SUCCEEDED in 1m00s"
-    assert tail[2].split() == ["target", "WER", "30.0%", "20.0%", "-10.0", "points"]
-    assert tail[4] == "not promoted: source WER rose 1.0 point"
-    svc.final_state = pb.FAILED
-    r = run_cli("jobs", "submit", str(spec), "--server", address, "--wait", "--json")
-    assert r.returncode == 1 and json.loads(r.stdout)["state"] == "FAILED"
-    svc.final_state = pb.CANCELLED
-    r = run_cli("jobs", "watch", "job-1", "--server", address)
-    assert r.returncode == 1 and "job job-1 CANCELLED in 1m00s" in r.stdout.splitlines()
-
-
-def test_cli_server_rejection_lists_problems_exit_2(tmp_path, scripted):
-    _, address = scripted
-
-    class Picky(Scripted):
-        def SubmitJob(self, request, context):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid job spec: base_model 'tiny@1': no such model "
-                          "(have: base-en@1); train_manifest '/w/train.jsonl': not readable by the workers")
-
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    pb_grpc.add_AdaptationServicer_to_server(Picky(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        r = run_cli("jobs", "submit", str(write_spec(tmp_path)), "--server", f"127.0.0.1:{port}", "--wait")
-    finally:
-        server.stop(0)
-    assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr.splitlines() == ["error: invalid job spec (INVALID_ARGUMENT):",
-                                     "  - base_model 'tiny@1': no such model (have: base-en@1)",
-                                     "  - train_manifest '/w/train.jsonl': not readable by the workers"]
-
-
-def test_cli_upload_list_get_cancel_report(tmp_path, scripted):
-    svc, address = scripted
-    m = make_corpus(tmp_path / "data", n=2)
-    spec = write_spec(tmp_path, train_manifest="data/manifest.jsonl", dev_manifest="data/manifest.jsonl")
-    r = run_cli("jobs", "submit", str(spec), "--upload", "--server", address)
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
-    assert lines[-1] == "job-1"
-    uri = svc.submitted[0].train_manifest
-    assert uri.startswith("data://") and svc.submitted[0].dev_manifest == uri
-    assert any(x.startswith("upload manifest.jsonl: hashing") for x in lines)
-    assert lines[-2].startswith("uploaded manifest.jsonl: 2 utterances, 2s of audio, 32.1 kB sent -> ")
-    assert lines[-2].endswith(uri)
-    assert len(svc.uploads) == 1 and m.exists()
-
-    r = run_cli("jobs", "list", "--server", address, "--state", "succeeded,failed", "--state", "QUEUED")
-    assert r.returncode == 0, r.stderr
-    rows = r.stdout.splitlines()
-    assert rows[0].split() == ["ID", "STATE", "NAME", "BASE", "CREATED", "PROGRESS/RESULT"]
-    assert [x.split()[:2] for x in rows[1:]] == [["job-2", "SUCCEEDED"], ["job-3", "FAILED"], ["job-5", "QUEUED"]]
-    r = run_cli("jobs", "list", "--server", address, "--json")
-    assert [json.loads(x)["id"] for x in r.stdout.splitlines()] == [f"job-{i}" for i in range(1, 6)]
-
-    r = run_cli("jobs", "get", "job-1", "--server", address)
-    assert r.returncode == 0, r.stderr
-    details = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in r.stdout.splitlines())
-    assert details["id"] == "job-1" and details["state"] == "SUCCEEDED" and details["promoted"] == "yes: acc@2"
-    r = run_cli("jobs", "get", "job-1", "--server", address, "--json")
-    d = json.loads(r.stdout)
-    assert RECORD_KEYS <= set(d) and d["spec"]["train_manifest"] == uri
-    r = run_cli("jobs", "get", "missing-1", "--server", address)
-    assert r.returncode == 1 and r.stderr.startswith("error: NOT_FOUND: no job 'missing-1'")
-
-    (tmp_path / "other").mkdir()
-    r = run_cli("jobs", "submit", str(write_spec(tmp_path / "other", base_model="nope", train_manifest=str(m),
-                                                 dev_manifest=str(m))), "--upload", "--server", address)
-    assert r.returncode == 2 and len(svc.uploads) == 1 and len(svc.checks) == 1  # refused before uploading
-    assert r.stderr.splitlines() == ["error: the server rejected it (NOT_FOUND):",
-                                     "  - base_model: model 'nope' not found (available: tiny@1)"]
-
-    r = run_cli("jobs", "cancel", "job-2", "--server", address)
-    assert (r.returncode, r.stdout) == (0, "job job-2 CANCELLED\n")
-    r = run_cli("jobs", "report", "job-1", "--out", str(tmp_path / "rep"), "--server", address)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == f"wrote {tmp_path / 'rep' / 'metrics.json'}, {tmp_path / 'rep' / 'training.png'}"
-    r = run_cli("jobs", "watch", "job-1", "--server", address, "--json")
-    events = [json.loads(x) for x in r.stdout.splitlines()]
-    assert r.returncode == 0 and [e["phase"] for e in events][-1] == "publish" and events[0]["time"].endswith("Z")
-
-
-def test_cli_progress_is_one_rewritten_line_on_a_tty(tmp_path, scripted):
-    import os
-    import pty
-    import select
-
-    _, address = scripted
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([PY, "-m", "speechadapt.client.cli", "jobs", "watch", "job-1", "--server", address],
-                            stdout=slave, stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "200"})
-    os.close(slave)
-    out = b""
-    while True:
-        ready, _, _ = select.select([master], [], [], 60)
-        if not ready:
-            break
-        try:
-            data = os.read(master, 4096)
-        except OSError:  # the child closed the terminal
-            break
-        if not data:
-            break
-        out += data
-    proc.wait(60)
-    os.close(master)
-    text = out.decode().replace("\r\n", "\n")  # the terminal turns \n into \r\n
-    progress, _, summary = text.partition("\n")
-    assert proc.returncode == 0, proc.stderr.read()
-    assert progress.startswith("\rqueued  waiting for a worker") and progress.count("\r") == 5
-    assert "\rtrain  step 100/100  loss 0.010  dev WER 20.0%" in progress
-    assert summary.splitlines()[0] == "job job-1 SUCCEEDED in 1m00s"
-
-
 # -- the real server (speechadapt.server on loopback)
 
 
@@ -810,15 +372,130 @@ def _unimplemented(e: SpeechAdaptError, rpc: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def real_server(tmp_path_factory):
-    """A real SpeechServer with an empty model store (uploads and spec checks need no model)."""
+def real_server(tiny, tmp_path_factory):
+    """A real SpeechServer with a copy of tiny@1 in its store (jobs publish into it) and its own state dir. The
+    first job starts a local Ray head (2 CPUs), which stops with the server."""
     pytest.importorskip("torch", reason="the real server needs the server extra")
     from conftest import ServerThread
 
     root = tmp_path_factory.mktemp("adaptation-server")
-    srv = ServerThread(model_store=root / "store")
+    shutil.copytree(tiny.store / "tiny", root / "store" / "tiny", ignore=shutil.ignore_patterns(".*"))
+    srv = ServerThread(model_store=root / "store", state_dir=root / "state", ray_num_cpus=2)
+    srv.store_dir = root / "store"
     yield srv
     srv.stop()
+
+
+def blob_chunk(data: bytes, start: int, end: int) -> pb.UploadDataRequest:
+    return pb.UploadDataRequest(blob=pb.BlobChunk(sha256=hashlib.sha256(data).hexdigest(), total_size=len(data),
+                                                  offset=start, data=data[start:end]))
+
+
+def held_bytes(address: str, paths: list[Path]) -> list[tuple[int, bool]]:
+    """(bytes present, complete) of each file's blob on the server (CheckUpload)."""
+    with grpc.insecure_channel(address) as ch:
+        resp = pb_grpc.AdaptationStub(ch).CheckUpload(pb.CheckUploadRequest(sha256=[sha(p) for p in paths]), timeout=30)
+    return [(b.bytes_present, b.complete) for b in resp.blobs]
+
+
+def stored_manifest(srv, uri: str):
+    """The utterances of an uploaded manifest as the server resolves data://<sha256> for its workers."""
+    from speechadapt.asr.manifest import read_manifest
+
+    return read_manifest(srv.server.jobs.data.resolve(uri))
+
+
+def test_upload_sends_only_missing_bytes(tmp_path, make_server):
+    srv = make_server(state_dir=tmp_path / "state")
+    m = make_corpus(tmp_path / "c", n=3)
+    wavs = [tmp_path / "c" / "audio" / f"u{i}.wav" for i in range(3)]
+    size = wavs[0].stat().st_size
+    # the server holds u0 and the first 3000 bytes of u1: an earlier upload that stopped there
+    a, b = wavs[0].read_bytes(), wavs[1].read_bytes()
+    with grpc.insecure_channel(srv.address) as ch:
+        pb_grpc.AdaptationStub(ch).UploadData(iter([blob_chunk(a, 0, len(a)), blob_chunk(b, 0, 3000)]), timeout=30)
+    assert held_bytes(srv.address, wavs) == [(size, True), (3000, False), (0, False)]
+    seen: list[UploadProgress] = []
+    with SpeechClient(srv.address, timeout=30) as client:
+        uri = client.upload_data(m, chunk_bytes=2048, on_progress=seen.append)
+    send = [p for p in seen if p.stage == "send"]
+    assert (send[0].bytes_present, send[0].bytes_to_send, send[0].files_to_send) == (size + 3000, 2 * size - 3000, 2)
+    done = seen[-1]
+    assert done.stage == "done" and done.manifest_uri == uri and done.utterances == 3
+    # the server counted exactly the missing bytes: nothing it held was sent again
+    assert done.bytes_received == done.bytes_sent == 2 * size - 3000
+    # every file whole on the server (verified against its sha256), the manifest naming them by content
+    assert held_bytes(srv.address, wavs) == [(size, True)] * 3
+    utts = stored_manifest(srv, uri)
+    assert [u.audio.read_bytes() for u in utts] == [w.read_bytes() for w in wavs]
+    assert [(u.text, u.speaker) for u in utts] == [("utterance 0", "s0"), ("utterance 1", "s1"), ("utterance 2", "s0")]
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_upload_continues_in_new_calls_past_a_per_call_limit(tmp_path, make_server, asynchronous):
+    m = make_corpus(tmp_path / "c", n=3, seconds=1.0)
+    wavs = [tmp_path / "c" / "audio" / f"u{i}.wav" for i in range(3)]
+    sizes = [w.stat().st_size for w in wavs]
+    assert sizes == [32044] * 3  # 1 s of 16-bit audio and a 44-byte header: the arithmetic below
+
+    def upload(address: str, seen: list) -> str:
+        if asynchronous:
+            async def go():
+                async with AsyncSpeechClient(address, timeout=30) as client:
+                    return await client.upload_data(m, chunk_bytes=4096, on_progress=seen.append)
+            return asyncio.run(go())
+        with SpeechClient(address, timeout=30) as client:
+            return client.upload_data(m, chunk_bytes=4096, on_progress=seen.append)
+
+    srv = make_server(state_dir=tmp_path / "state", max_upload_bytes=20000)
+    seen: list[UploadProgress] = []
+    uri = upload(srv.address, seen)
+    assert uri.startswith("data://")
+    # 96 kB in 4 kB chunks, 20 kB a call: the server keeps the chunks within its limit and refuses the call at the
+    # chunk past it; the client asks what it holds and goes on from there in a new call. One "send" report with
+    # nothing sent yet per call: what the server held then, and what was left to send.
+    calls = [p for p in seen if p.stage == "send" and p.bytes_sent == 0]
+    assert [p.bytes_present for p in calls] == [0, 16384, 36140, 52524, 72280, 88664]
+    assert all(p.bytes_present + p.bytes_to_send == sum(sizes) for p in calls)  # held bytes are never sent again
+    done = seen[-1]
+    assert done.stage == "done" and done.utterances == 3 and done.bytes_received == sum(sizes) - 88664
+    assert held_bytes(srv.address, wavs) == [(s, True) for s in sizes]
+    assert [u.audio.read_bytes() for u in stored_manifest(srv, uri)] == [w.read_bytes() for w in wavs]
+
+    tight = make_server(state_dir=tmp_path / "state-tight", max_upload_bytes=100)
+    with pytest.raises(SpeechAdaptError) as e:  # less than a chunk: no call adds anything, the error is the caller's
+        upload(tight.address, [])
+    assert e.value.code == "RESOURCE_EXHAUSTED" and "limit of 100 bytes per UploadData call" in e.value.message
+    assert held_bytes(tight.address, wavs) == [(0, False)] * 3
+
+
+def write_spec(folder: Path, **keys) -> Path:
+    data = {"name": "acc", "base_model": "tiny@1", "train_manifest": "/w/train.jsonl", "dev_manifest": "/w/dev.jsonl"}
+    data.update(keys)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_cli_server_rejection_lists_problems_exit_2(tmp_path, real_server):
+    # valid as YAML and for the base model; the server holds no such data: every problem on its own line, exit 2
+    t, d = "data://" + "0" * 64, "data://" + "1" * 64
+    r = run_cli("jobs", "submit", str(write_spec(tmp_path, train_manifest=t, dev_manifest=d)), "--server",
+                real_server.address, "--wait")
+    assert r.returncode == 2 and r.stdout == ""
+    fix = "not in this server's data store; upload the data with UploadData and use the manifest_uri it returns"
+    assert r.stderr.splitlines() == ["error: the job's data has problems (INVALID_ARGUMENT):",
+                                     f"  - train_manifest {t}: {fix}", f"  - dev_manifest {d}: {fix}"]
+    # with --upload, an unknown base model is refused before any audio goes up
+    m = make_corpus(tmp_path / "data", n=2, seconds=0.45)  # audio no other test uploads
+    spec = write_spec(tmp_path / "other", base_model="nope", train_manifest=str(m), dev_manifest=str(m))
+    r = run_cli("jobs", "submit", str(spec), "--upload", "--server", real_server.address)
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.splitlines()
+    assert lines[0] == "error: the server rejected it (NOT_FOUND):" and len(lines) == 2, r.stderr
+    assert re.fullmatch(r"  - base_model: model 'nope' not found \(available: (.+, )?tiny(, .+)?\)", lines[1]), lines[1]
+    assert held_bytes(real_server.address, [m.parent / "audio" / f"u{i}.wav" for i in range(2)]) == [(0, False)] * 2
 
 
 def test_real_upload_then_nothing_resent(tmp_path, real_server):
@@ -892,6 +569,7 @@ def test_real_server_rejects_invalid_specs(tmp_path, real_server):
     bad = pb.JobSpec(name="a b", base_model="tiny@0", train_manifest="/nowhere/t.jsonl",
                      dev_manifest="/nowhere/d.jsonl", max_epochs=0)
     with SpeechClient(real_server.address, timeout=60) as client:
+        jobs_before = [j.id for j in client.list_jobs()]
         try:
             client.submit_job(bad)
         except SpeechAdaptError as e:
@@ -922,4 +600,388 @@ def test_real_server_rejects_invalid_specs(tmp_path, real_server):
     assert r.stdout == "" and r.stderr.startswith("error: the server rejected it (")
     assert "no-such-model" in r.stderr
     r = run_cli("jobs", "list", "--server", real_server.address, "--json")
-    assert r.returncode == 0 and r.stdout == ""
+    assert r.returncode == 0 and [json.loads(x)["id"] for x in r.stdout.splitlines()] == jobs_before  # none added
+
+
+# -- real adaptation jobs on the server's local Ray head (slow): one that finishes, one that is cancelled
+
+JOB_KEYS = {"base_model": "tiny@1", "train_manifest": "data/train.jsonl", "dev_manifest": "data/dev.jsonl",
+            "source_dev_manifest": "data/source_dev.jsonl", "strategy": "head", "max_epochs": 1,
+            "max_minutes": 2.0, "batch_size": 16, "augment": False, "seed": 0}
+MANIFESTS = (("train_manifest", "train.jsonl"), ("dev_manifest", "dev.jsonl"), ("source_dev_manifest", "source_dev.jsonl"))
+
+
+def _tiny_lines(manifest: Path) -> list[dict]:
+    lines = []
+    for line in manifest.read_text().splitlines():
+        d = json.loads(line)
+        d["audio"] = str((manifest.parent / d["audio"]).resolve())
+        lines.append(d)
+    return lines
+
+
+@pytest.fixture(scope="module")
+def job_folder(tiny, tmp_path_factory) -> Path:
+    """Target data for the jobs, from tiny's own corpus: train (just over the server's minimum of 30 s), 5 dev and
+    5 source dev utterances, in manifests under data/ naming the audio by absolute path."""
+    folder = tmp_path_factory.mktemp("job")
+    train, seconds = [], 0.0
+    for d in _tiny_lines(tiny.train_manifest):
+        if seconds >= 32.0 and len(train) >= 10:
+            break
+        train.append(d)
+        seconds += sf.info(d["audio"]).duration
+    dev = _tiny_lines(tiny.dev_manifest)
+    (folder / "data").mkdir()
+    for name, lines in (("train.jsonl", train), ("dev.jsonl", dev[:5]), ("source_dev.jsonl", dev[5:10])):
+        (folder / "data" / name).write_text("".join(json.dumps(d) + "\n" for d in lines))
+    return folder
+
+
+def _server_view(address: str, job_id: str) -> SimpleNamespace:
+    """The job as the server gives it on a raw stub: its Job message, every event, the report (None if none)."""
+    with grpc.insecure_channel(address) as ch:
+        stub = pb_grpc.AdaptationStub(ch)
+        msg = stub.GetJob(pb.GetJobRequest(id=job_id), timeout=30)
+        events = list(stub.WatchJob(pb.WatchJobRequest(id=job_id), timeout=30))
+        try:
+            report = stub.GetJobReport(pb.GetJobRequest(id=job_id), timeout=30)
+        except grpc.RpcError:
+            report = None
+    return SimpleNamespace(id=job_id, proto=msg, events=events, report=report)
+
+
+def _cli_failed(what: str, r: subprocess.CompletedProcess) -> None:
+    pytest.fail(f"{what}: exit {r.returncode}\nstdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-6000:]}")
+
+
+@pytest.fixture(scope="module")
+def finished_job(real_server, job_folder):
+    """THE real job of this module, submitted as users do: `speechadapt jobs submit job.yaml --upload --wait --json`
+    (three local manifests uploaded, then progress until the job ends). Its smallest budget: tiny@1, the head
+    strategy, one epoch of tiny's first ~30 s of training audio (2 steps), 5 + 5 dev utterances to evaluate on."""
+    pytest.importorskip("ray", reason="adaptation jobs need the training extra (ray)")
+    spec = job_folder / "job.yaml"
+    spec.write_text(yaml.safe_dump({"name": "tiny-cli", **JOB_KEYS}))
+    r = run_cli("jobs", "submit", str(spec), "--upload", "--server", real_server.address, "--wait", "--json",
+                timeout=840)
+    try:
+        job_id = json.loads(r.stdout)["id"]
+    except (ValueError, KeyError, TypeError):
+        _cli_failed("the job's submit --wait --json printed no job record", r)
+    return SimpleNamespace(cli=r, folder=job_folder, **vars(_server_view(real_server.address, job_id)))
+
+
+@pytest.fixture(scope="module")
+def cancelled_job(real_server, finished_job):
+    """The module's second (and last) real job: the same data (so its upload sends nothing), submitted without
+    --wait; waited on with timeouts shorter than the job (the sync and the asyncio client); cancelled with
+    `speechadapt jobs cancel` right after it starts running; then watched and cancelled again."""
+    address = real_server.address
+    spec = finished_job.folder / "cancel.yaml"
+    spec.write_text(yaml.safe_dump({"name": "tiny-cli-cancel", **JOB_KEYS, "max_epochs": 30}))
+    submit = run_cli("jobs", "submit", str(spec), "--upload", "--server", address)
+    if submit.returncode != 0:
+        _cli_failed("submitting the job to cancel", submit)
+    job_id = submit.stdout.splitlines()[-1]
+
+    def outcome(fn):
+        try:
+            return fn()
+        except SpeechAdaptError as e:
+            return e
+
+    async def wait_briefly():
+        async with AsyncSpeechClient(address, timeout=60) as client:
+            return await client.wait_job(job_id, timeout=0.5)
+
+    with SpeechClient(address, timeout=60) as client:
+        sync_wait = outcome(lambda: client.wait_job(job_id, timeout=0.5))
+        async_wait = outcome(lambda: asyncio.run(wait_briefly()))
+        deadline = time.monotonic() + 300
+        while client.get_job(job_id).state == "QUEUED" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        running = client.get_job(job_id)
+    cancel = run_cli("jobs", "cancel", job_id, "--server", address)
+    watch = run_cli("jobs", "watch", job_id, "--server", address)
+    again = run_cli("jobs", "cancel", job_id, "--server", address)
+    return SimpleNamespace(submit=submit, sync_wait=sync_wait, async_wait=async_wait, running=running, cancel=cancel,
+                           watch=watch, again=again, **vars(_server_view(address, job_id)))
+
+
+def expected_record(msg: pb.Job) -> dict:
+    """The CLI's job record, read straight off the server's Job message (a job that ran measured every WER)."""
+    return {"id": msg.id, "state": pb.JobState.Name(msg.state), "promoted": msg.promoted, "reason": msg.reason,
+            "model": msg.model, "version": msg.version, "metrics": {k: getattr(msg.metrics, k) for k in WER_KEYS}}
+
+
+def shown_lines(events: list[pb.JobEvent]) -> list[str]:
+    """The progress lines of a job's events as a non-TTY shows them (a line equal to the one before is not repeated)."""
+    lines = [J.progress_line(JobEvent.from_proto(e)) for e in events]
+    return [x for i, x in enumerate(lines) if i == 0 or x != lines[i - 1]]
+
+
+def uploaded(folder: Path, name: str) -> SimpleNamespace:
+    """What an upload of a job manifest covers: utterances, audio files and their bytes (hashed), distinct
+    contents (blobs) and their bytes (sent, or found on the server)."""
+    lines = [json.loads(x) for x in (folder / "data" / name).read_text().splitlines()]
+    files = {Path(d["audio"]) for d in lines}
+    blobs = {sha(f): f.stat().st_size for f in files}
+    return SimpleNamespace(utterances=len(lines), files=len(files), file_bytes=sum(f.stat().st_size for f in files),
+                           blobs=len(blobs), blob_bytes=sum(blobs.values()))
+
+
+@pytest.mark.slow
+def test_cli_submit_wait_json_is_exactly_the_record(real_server, finished_job):
+    f = finished_job
+    r = f.cli
+    assert r.returncode == 0, r.stderr[-6000:]  # SUCCEEDED, promoted or not
+    assert r.stdout.count("\n") == 1
+    rec = json.loads(r.stdout)
+    assert set(rec) == RECORD_KEYS and set(rec["metrics"]) == WER_KEYS
+    assert rec == expected_record(f.proto)  # exactly the server's final record
+    assert rec["state"] == "SUCCEEDED" and all(w >= 0 for w in rec["metrics"].values()), rec
+    if rec["promoted"]:
+        assert (rec["model"], rec["version"]) == ("tiny-cli", 1)
+        assert (real_server.store_dir / "tiny-cli" / "1" / "model.json").is_file()
+    else:
+        assert (rec["model"], rec["version"]) == ("", 0)
+        assert rec["reason"].startswith(("negative transfer:", "forgetting:")), rec["reason"]
+    # stderr (not a TTY): each manifest's upload (hash, send, done: its data:// URI is what the job got), the
+    # submitted job, then one line per progress event, the last saying how it ended
+    lines = r.stderr.splitlines()
+    for i, (key, name) in enumerate(MANIFESTS):
+        up, uri = uploaded(f.folder, name), getattr(f.proto.spec, key)
+        assert re.fullmatch(r"data://[0-9a-f]{64}", uri)
+        assert lines[3 * i] == f"upload {name}: hashing audio files 0/{up.files} ({J.format_bytes(up.file_bytes)})"
+        assert lines[3 * i + 1] == f"upload {name}: sent 0 B of {J.format_bytes(up.blob_bytes)} (0/{up.blobs} files)"
+        assert re.fullmatch(rf"uploaded {re.escape(name)}: {up.utterances} utterances, [0-9ms]+ of audio, "
+                            rf"{re.escape(J.format_bytes(up.blob_bytes))} sent -> {uri}", lines[3 * i + 2]), lines[3 * i + 2]
+    assert lines[9] == f"job {f.id} QUEUED"
+    assert lines[10:] == shown_lines(f.events)
+    assert lines[-1] == f"SUCCEEDED  {rec['reason']}"
+    phases = [p for p in dict.fromkeys(e.phase for e in f.events)
+              if p in ("queued", "validate", "baseline", "train", "evaluate", "result", "done")]
+    assert phases == ["queued", "validate", "baseline", "train", "evaluate", "result", "done"]
+    assert any(re.match(r"train  step \d+/\d+  loss \d", x) for x in lines[10:])  # a measured training loss
+
+
+@pytest.mark.slow
+def test_cli_watch_shows_the_summary_and_exits_0(real_server, finished_job):
+    f = finished_job
+    r = run_cli("jobs", "watch", f.id, "--server", real_server.address)
+    assert r.returncode == 0, r.stderr  # SUCCEEDED, promoted or not
+    job = Job.from_proto(f.proto)
+    shown = shown_lines(f.events)
+    assert r.stdout.splitlines() == shown + J.summary_lines(job)
+    summary = r.stdout.splitlines()[len(shown):]
+    m, took = f.proto.metrics, (f.proto.end_time.ToNanoseconds() - f.proto.start_time.ToNanoseconds()) / 1e9
+    assert summary[0] == f"job {f.id} SUCCEEDED in {J.format_duration(took)}"
+    assert summary[1].split() == ["base", "adapted"]
+    assert summary[2].split() == ["target", "WER", f"{100 * m.base_target_wer:.1f}%", f"{100 * m.adapted_target_wer:.1f}%",
+                                  f"{100 * (m.adapted_target_wer - m.base_target_wer):+.1f}", "points"]
+    assert summary[3].split()[:2] == ["source", "WER"]
+    assert summary[4] == (f"promoted: tiny-cli@{f.proto.version} ({f.proto.reason})" if f.proto.promoted
+                          else f"not promoted: {f.proto.reason}")
+    assert len(summary) == 5
+
+
+@pytest.mark.slow
+def test_cli_progress_is_one_rewritten_line_on_a_tty(real_server, finished_job):
+    import os
+    import pty
+    import select
+
+    f = finished_job
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([PY, "-m", "speechadapt.client.cli", "jobs", "watch", f.id, "--server", real_server.address],
+                            stdout=slave, stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "200"})
+    os.close(slave)
+    out = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        if not ready:
+            break
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        out += data
+    proc.wait(60)
+    os.close(master)
+    text = out.decode().replace("\r\n", "\n")  # the terminal turns \n into \r\n
+    progress, _, summary = text.partition("\n")
+    assert proc.returncode == 0, proc.stderr.read()
+    # every event rewrites the one line (cut to the terminal's width less one)
+    assert progress.startswith("\rqueued  job queued")
+    assert [x.rstrip() for x in progress.split("\r")[1:]] == \
+        [J.progress_line(JobEvent.from_proto(e))[:199].rstrip() for e in f.events]
+    assert summary.splitlines() == J.summary_lines(Job.from_proto(f.proto))
+    assert summary.startswith(f"job {f.id} SUCCEEDED in ")
+
+
+@pytest.mark.slow
+def test_cli_list_get_report_and_watch_json(tmp_path, real_server, finished_job, cancelled_job):
+    address, f, c = real_server.address, finished_job, cancelled_job
+    r = run_cli("jobs", "list", "--server", address, "--state", "succeeded,failed", "--state", "CANCELLED")
+    assert r.returncode == 0, r.stderr
+    rows = r.stdout.splitlines()
+    assert rows[0].split() == ["ID", "STATE", "NAME", "BASE", "CREATED", "PROGRESS/RESULT"]
+    assert [x.split()[:4] for x in rows[1:]] == [[c.id, "CANCELLED", "tiny-cli-cancel", "tiny@1"],  # newest first
+                                                [f.id, "SUCCEEDED", "tiny-cli", "tiny@1"]]
+    m = f.proto.metrics
+    assert rows[2].endswith(f"target WER {100 * m.base_target_wer:.1f}% -> {100 * m.adapted_target_wer:.1f}%, "
+                            + (f"promoted tiny-cli@{f.proto.version}" if f.proto.promoted else "not promoted"))
+    r = run_cli("jobs", "list", "--server", address, "--state", "queued,running")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "no jobs\n")
+    r = run_cli("jobs", "list", "--server", address, "--json")
+    listed = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [d["id"] for d in listed] == [c.id, f.id]
+    plain = {k: v for k, v in expected_record(f.proto).items() if k != "metrics"}  # to_dict() has every metric
+    assert {k: listed[1][k] for k in plain} == plain
+
+    r = run_cli("jobs", "get", f.id, "--server", address)
+    assert r.returncode == 0, r.stderr
+    details = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in r.stdout.splitlines())
+    assert (details["id"], details["state"], details["name"], details["base model"], details["strategy"]) == \
+        (f.id, "SUCCEEDED", "tiny-cli", "tiny@1", "head")
+    assert details["promoted"] == (f"yes: tiny-cli@{f.proto.version}" if f.proto.promoted else "no")
+    assert details["train manifest"] == f.proto.spec.train_manifest and details["ray job"] == f"{f.id}-1"
+    r = run_cli("jobs", "get", f.id, "--server", address, "--json")
+    d = json.loads(r.stdout)
+    assert RECORD_KEYS <= set(d) and {k: d[k] for k in plain} == plain
+    assert d["spec"]["train_manifest"] == f.proto.spec.train_manifest and d["spec"]["max_epochs"] == 1
+    r = run_cli("jobs", "get", "missing-1", "--server", address)
+    assert r.returncode == 1 and r.stderr.startswith("error: NOT_FOUND: no job 'missing-1'")
+
+    out = tmp_path / "rep"
+    r = run_cli("jobs", "report", f.id, "--out", str(out), "--server", address)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"wrote {out / 'metrics.json'}, {out / 'training.png'}"
+    assert (out / "metrics.json").read_bytes() == f.report.metrics_json
+    assert (out / "training.png").read_bytes() == f.report.plot_png and f.report.plot_png.startswith(b"\x89PNG\r\n\x1a\n")
+    report = json.loads(f.report.metrics_json)
+    assert report["job_id"] == f.id and report["metrics"]["adapted_target_wer"] == m.adapted_target_wer
+
+    r = run_cli("jobs", "watch", f.id, "--server", address, "--json")
+    events = [json.loads(x) for x in r.stdout.splitlines()]
+    assert r.returncode == 0 and events == [JobEvent.from_proto(e).to_dict() for e in f.events]
+    assert events[0]["time"].endswith("Z") and (events[-1]["state"], events[-1]["phase"]) == ("SUCCEEDED", "done")
+
+
+@pytest.mark.slow
+def test_sync_job_calls(tmp_path, real_server, finished_job, cancelled_job):
+    f, c = finished_job, cancelled_job
+    seen: list[JobEvent] = []
+    with SpeechClient(real_server.address, timeout=60) as client:
+        final = client.wait_job(f.id, timeout=60, on_event=seen.append)  # ended: its events, then its record
+        got = client.get_job(f.id)
+        all_jobs = client.list_jobs(page_size=1)  # one job a page
+        metrics = client.get_job_report(f.id, tmp_path / "rep" / "j1")
+        with pytest.raises(SpeechAdaptError) as bad:
+            client.submit_job(pb.JobSpec(name="a b", base_model="tiny", train_manifest="/t", dev_manifest="/d"))
+        with pytest.raises(SpeechAdaptError) as ended:
+            client.cancel_job(f.id)
+        with pytest.raises(SpeechAdaptError) as no_report:
+            client.get_job_report(c.id, tmp_path / "rep" / "j2")
+        with pytest.raises(SpeechAdaptError) as nf:
+            client.get_job("missing-1")
+        with pytest.raises(SpeechAdaptError) as w:
+            list(client.watch_job("missing-2"))
+    assert seen == [JobEvent.from_proto(e) for e in f.events]
+    train = [e for e in seen if e.phase == "train" and e.step]
+    assert train and all(0 < e.step <= e.total_steps for e in train) and any(e.loss > 0 for e in train)
+    validate = [e.dev_wer for e in seen if e.phase == "validate"]
+    assert validate and validate == [None] * len(validate)  # not measured there
+    assert any(e.dev_wer is not None for e in seen if e.phase == "baseline")
+    assert final == got == Job.from_proto(f.proto) and final.succeeded and final.record() == expected_record(f.proto)
+    assert final.spec.name == "tiny-cli" and final.spec.strategy == "head" and final.spec.dev_manifest.startswith("data://")
+    assert final.metrics.total_parameters > final.metrics.trained_parameters > 0
+    assert final.duration > 0 and final.ray_job_id == f"{f.id}-1"
+    assert [j.id for j in all_jobs] == [c.id, f.id]
+    assert metrics == json.loads(f.report.metrics_json)
+    assert (tmp_path / "rep" / "j1" / "training.png").read_bytes() == f.report.plot_png
+    assert json.loads((tmp_path / "rep" / "j1" / "metrics.json").read_text()) == metrics
+    assert bad.value.code == "INVALID_ARGUMENT" and "name 'a b'" in bad.value.message
+    assert ended.value.code == "FAILED_PRECONDITION" and "already ended" in ended.value.message
+    assert no_report.value.code == "FAILED_PRECONDITION" and "no report" in no_report.value.message
+    assert nf.value.code == w.value.code == "NOT_FOUND"
+
+
+@pytest.mark.slow
+def test_async_upload_watch_wait_list_report_and_submit_with_upload(tmp_path, real_server, finished_job):
+    f = finished_job
+    train = f.folder / "data" / "train.jsonl"
+    tones = make_corpus(tmp_path / "tones", n=3, seconds=0.55)  # not speech the server accepts as training data
+    stages: list[UploadProgress] = []
+    sent: list[UploadProgress] = []
+    seen: list[JobEvent] = []
+
+    async def on_event(ev):
+        await asyncio.sleep(0)
+        seen.append(ev)
+
+    async def go():
+        async with AsyncSpeechClient(real_server.address, timeout=60) as client:
+            uri = await client.upload_data(train, on_progress=stages.append)
+            events = [e async for e in client.watch_job(f.id)]
+            final = await client.wait_job(f.id, on_event=on_event)
+            listed = await client.list_jobs(["succeeded", "FAILED"])
+            metrics = await client.get_job_report(f.id, tmp_path / "rep")
+            with pytest.raises(SpeechAdaptError) as e:  # train = dev: one upload, its URI in both fields
+                await client.submit_job({"name": "tones", "base_model": "tiny@1", "train_manifest": str(tones),
+                                         "dev_manifest": str(tones)}, upload=True, on_upload_progress=sent.append)
+            return uri, events, final, listed, metrics, e.value
+
+    uri, events, final, listed, metrics, err = asyncio.run(go())
+    # the job's train manifest: same content, same URI, and nothing sent (the server has held it since the job)
+    assert uri == f.proto.spec.train_manifest
+    assert stages[0].stage == "hash" and "send" in [p.stage for p in stages] and stages[-1].stage == "done"
+    assert stages[-1].bytes_received == 0 and stages[-1].utterances == uploaded(f.folder, "train.jsonl").utterances
+    assert events == seen == [JobEvent.from_proto(e) for e in f.events] and events[-1].ended
+    assert final.record() == expected_record(f.proto) and final == Job.from_proto(f.proto)
+    assert [j.id for j in listed] == [f.id]
+    assert metrics == json.loads(f.report.metrics_json)
+    # upload=True: the local manifest went up (once) before the server checked the spec, whose data problems
+    # name it by the data:// URI the client put in both fields
+    assert [p.stage for p in sent].count("done") == 1
+    tones_uri = sent[-1].manifest_uri
+    assert err.code == "INVALID_ARGUMENT" and err.message.startswith("the job's data has problems:")
+    assert f"train_manifest {tones_uri}" in err.message and f"dev_manifest {tones_uri}" in err.message
+    assert str(tmp_path) not in err.message
+
+
+@pytest.mark.slow
+def test_wait_timeout_then_cancel_right_after_it_starts_running(finished_job, cancelled_job):
+    f, c = finished_job, cancelled_job
+    # submitted without --wait (not a TTY): each manifest's upload, nothing to send (the first job's data), then the id
+    assert c.submit.stderr == ""
+    lines = c.submit.stdout.splitlines()
+    assert len(lines) == 10 and lines[-1] == c.id and re.fullmatch(r"job-[0-9a-f]{12}", c.id)
+    for i, (key, name) in enumerate(MANIFESTS):
+        uri = getattr(f.proto.spec, key)
+        assert getattr(c.proto.spec, key) == uri  # same content, same URI
+        assert lines[3 * i].startswith(f"upload {name}: hashing audio files 0/")
+        assert lines[3 * i + 1] == \
+            f"upload {name}: nothing to send, all {J.format_bytes(uploaded(f.folder, name).blob_bytes)} already on the server"
+        assert lines[3 * i + 2].startswith(f"uploaded {name}: ") and lines[3 * i + 2].endswith(f" 0 B sent -> {uri}")
+    # waiting less long than the job takes: DEADLINE_EXCEEDED, and the job keeps running
+    for err in (c.sync_wait, c.async_wait):
+        assert isinstance(err, SpeechAdaptError), err
+        assert err.code == "DEADLINE_EXCEEDED"
+        assert str(err) == f"DEADLINE_EXCEEDED: job {c.id} did not end within 0.5 s; it keeps running: wait again, or cancel it"
+    assert c.running.state == "RUNNING" and c.running.start_time is not None, c.running
+    # cancelled right after it started running
+    assert (c.cancel.returncode, c.cancel.stdout, c.cancel.stderr) == (0, f"job {c.id} CANCELLED\n", "")
+    final = Job.from_proto(c.proto)
+    assert (final.state, final.promoted, final.reason) == ("CANCELLED", False, "cancelled")
+    assert c.events[-1].state == pb.CANCELLED and c.report is None
+    # watching it: its events, then the summary; exit 1 (not SUCCEEDED)
+    assert c.watch.returncode == 1, c.watch.stderr
+    assert c.watch.stdout.splitlines() == shown_lines(c.events) + J.summary_lines(final)
+    assert J.summary_lines(final) == [f"job {c.id} CANCELLED in {J.format_duration(final.duration)}", "reason: cancelled"]
+    # cancelling it again: the server refuses, exit 1
+    assert c.again.returncode == 1 and c.again.stdout == ""
+    assert c.again.stderr.startswith(f"error: FAILED_PRECONDITION: job {c.id} already ended (CANCELLED)")
