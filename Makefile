@@ -27,6 +27,9 @@ proto-check: install
 test: install
 	$(PY) -m pytest -q -ra
 
+# The main path end to end (deploy/demo.sh, 8-9 min measured on a busy 2-core machine): server, ~5 min of synthesized en-gb-scotland
+# speech, an adaptation job on the server's local Ray head, held-out utterances streamed to base and adapted
+# model. Outputs in $(DEMO_DIR); DEMO_* variables (see the script) change the accent, sizes and budget.
 demo: install
 	DEMO_DIR=$(DEMO_DIR) PY=$(PY) bash deploy/demo.sh
 

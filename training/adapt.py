@@ -187,11 +187,12 @@ def _readable(path: str | None) -> str | None:
     return None
 
 
-def source_domain(lineage: dict) -> SourceDomain:
+def source_domain(lineage: dict, lexicon: list[str] | None = None) -> SourceDomain:
     """Find the source domain in a card's lineage: an adapted model's `source_domain`, pretrain's
     `config.train_manifest`/`dev_manifest` and `training_data`/`dev_data`, or keys named train_manifest,
     dev_manifest, voices, variants, vocabulary. Voices, variants and vocabulary not recorded are read from the
-    source train (or dev) manifest when it is readable."""
+    source train (or dev) manifest when it is readable; without one, a shipped model's card (`corpus` summary,
+    `speakers`) and its `lexicon` (a closed vocabulary of at most 2,000 words) stand in for it."""
     known = lineage.get("source_domain") if isinstance(lineage.get("source_domain"), dict) else {}
     config = lineage.get("config") if isinstance(lineage.get("config"), dict) else {}
     train = next((p for p in (_readable(_path_in(v)) for v in (known.get("train_manifest"), lineage.get("train_manifest"),
@@ -212,6 +213,14 @@ def source_domain(lineage: dict) -> SourceDomain:
         if lengths and not words:
             lengths.sort()
             words = (max(1, lengths[len(lengths) // 20]), max(1, min(15, lengths[-1 - len(lengths) // 20])))
+    corpus = (lineage.get("corpus") or {}).get("config") if isinstance(lineage.get("corpus"), dict) else None
+    if not sample:
+        if not variants and isinstance(lineage.get("speakers"), list):
+            variants = tuple(sorted({sp.partition("+")[2] or "none" for sp in lineage["speakers"]}))
+        if not words and isinstance(corpus, dict) and corpus.get("words"):
+            words = tuple(int(w) for w in corpus["words"])
+        if not vocabulary and lexicon and len(lexicon) <= 2000:
+            vocabulary = tuple(lexicon)
     return SourceDomain(train, dev, voices or ("en-us", "en-gb"), variants, vocabulary, tuple(words or (3, 10)))
 
 
@@ -804,7 +813,9 @@ def run_job(args: JobArgs) -> int:
         raise JobInputError(problems)
     target_utterances = len(read_manifest(spec.train_manifest))
     state = JobContext(base_ref=str(ref), base_path=str(ref.path.absolute()))
-    domain = source_domain(card.lineage)
+    from speechadapt.asr.package import read_lexicon
+
+    domain = source_domain(card.lineage, read_lexicon(ref.path, card))
     state.domain = domain.as_dict()
     emit(event("validate", message=f"data ok: {target_utterances} target train utterances; base {ref}"))
 
