@@ -593,10 +593,13 @@ def run_scratch(args, card, ray_address: str, run_dir: Path, train: dict, dev_ma
 
     run_dir.mkdir(parents=True, exist_ok=True)
     made = scratch_config(card, train["manifest"], dev_manifest, run_dir / "model", run_dir, minutes, args, ray_address)
-    (run_dir / "pretrain.yaml").write_text(yaml.safe_dump(made["config"], sort_keys=False))
-    cmd = [sys.executable, "-m", "speechadapt.training.pretrain", "--config", str(run_dir / "pretrain.yaml")]
     t0 = time.monotonic()
-    rc = run_logged(cmd, run_dir / "job.log", timeout=minutes * args.time_cap * 60 * 3 + 900)
+    if (run_dir / "model" / "model.json").is_file():  # --resume: trained before the benchmark was interrupted
+        rc = 0
+    else:
+        (run_dir / "pretrain.yaml").write_text(yaml.safe_dump(made["config"], sort_keys=False))
+        cmd = [sys.executable, "-m", "speechadapt.training.pretrain", "--config", str(run_dir / "pretrain.yaml")]
+        rc = run_logged(cmd, run_dir / "job.log", timeout=minutes * args.time_cap * 60 * 3 + 900)
     tc = made["config"]["train"]
     out = {"run_dir": str(run_dir), "exit_code": rc, "job_seconds": round(time.monotonic() - t0, 1),
            "spec": {"recipe": made["recipe"], "max_steps": tc["max_steps"], "max_minutes": tc["max_minutes"],
@@ -612,6 +615,33 @@ def run_scratch(args, card, ray_address: str, run_dir: Path, train: dict, dev_ma
                train_seconds=lin.get("train_seconds"), best_dev_wer=card_out.get("metrics", {}).get("dev_wer"),
                trained_parameters=None)
     return out
+
+
+def resume_dir(workdir: Path, which: str) -> Path | None:
+    """--resume: a runs folder (a path, or a name in WORKDIR/runs), or "last" (the newest there)."""
+    root = workdir / "runs"
+    if which == "last":
+        found = sorted(d for d in root.glob("*") if (d / "bench-settings.json").is_file()) if root.is_dir() else []
+        return found[-1] if found else None
+    for cand in (Path(which), root / which):
+        if (cand / "bench-settings.json").is_file():
+            return cand
+    return None
+
+
+def finished_rows(runs_root: Path, out_path: Path) -> dict[tuple, dict]:
+    """Scored runs of an interrupted benchmark: RUN/row.json, and the rows of its --out JSON (written as it went)."""
+    rows: dict[tuple, dict] = {}
+    earlier = _read_json(out_path)
+    if earlier and earlier.get("settings", {}).get("runs_dir") == str(runs_root):
+        for r in earlier.get("runs", []):
+            if r.get("target_wer") is not None:
+                rows[(float(r["minutes"]), r["model"])] = r
+    for f in sorted(runs_root.glob("*/row.json")):
+        r = _read_json(f)
+        if r and r.get("target_wer") is not None and "minutes" in r:
+            rows[(float(r["minutes"]), r["model"])] = r
+    return rows
 
 
 def _cleanup(run_dir: Path, keep: bool) -> None:
@@ -810,6 +840,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "the PNG plot goes beside it")
     p.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: a private local head)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs (torch threads) of the training worker")
+    p.add_argument("--resume", metavar="DIR|last", help="continue an interrupted benchmark: reuse the scored runs of "
+                   "its runs folder (.cache/bench/transfer/runs/<time>, or `last`); the settings must be the same")
     p.add_argument("--keep-runs", action="store_true", help="keep checkpoints and model packages of every run")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="synthesis processes (default: 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for scoring (default: 1)")
@@ -892,11 +924,31 @@ def main(argv: list[str] | None = None) -> int:
          f"{_pct(base_scores['source']['wer'])}" + (f", FSDD {args.fsdd_speaker} takes 0-4 WER "
                                                        f"{_pct(base_scores['fsdd']['wer'])}" if "fsdd" in base_scores else ""))
 
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    runs_root = workdir / "runs" / stamp
-    store = runs_root / "store"
-    shutil.copytree(model_dir, store / "base" / "1")
     out_path = Path(args.out)
+    same = {"model_path": str(model_dir), "minutes_per_run": args.minutes_per_run, "time_cap": args.time_cap,
+            "source_replay": args.source_replay, "seed": args.seed, "target_accent": args.target_accent,
+            "cpus_per_worker": args.cpus_per_worker, "step_seconds": STEP_SECONDS, "train_share": TRAIN_SHARE,
+            "data": {k: data[k]["manifest"] for k in ("pool", "dev", "target_test", "source_test", "source_dev")}}
+    previous: dict[tuple, dict] = {}
+    if args.resume:
+        runs_root = resume_dir(workdir, args.resume)
+        if runs_root is None:
+            print(f"error: --resume {args.resume}: no such runs folder in {workdir / 'runs'}", file=sys.stderr)
+            return 2
+        before = _read_json(runs_root / "bench-settings.json")
+        if before != json.loads(json.dumps(same)):
+            print(f"error: --resume {runs_root}: its settings differ from this command's: {before}", file=sys.stderr)
+            return 2
+        previous = finished_rows(runs_root, out_path)
+        _log(f"resuming {runs_root}: {len(previous)} finished run(s) reused")
+    else:
+        runs_root = workdir / "runs" / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        runs_root.mkdir(parents=True, exist_ok=True)
+        (runs_root / "bench-settings.json").write_text(json.dumps(same, indent=1) + "\n")
+    store = runs_root / "store"
+    if not (store / "base" / "1" / "model.json").is_file():
+        shutil.rmtree(store / "base" / "1", ignore_errors=True)
+        shutil.copytree(model_dir, store / "base" / "1")
     result = {
         "model": base_model.name, "model_path": str(model_dir),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -936,10 +988,16 @@ def main(argv: list[str] | None = None) -> int:
     total = len(plan) + (1 if fsdd and "note" not in fsdd else 0)
     save()
     with RayHead(args.ray_address, max(os.cpu_count() or 1, math.ceil(args.cpus_per_worker))) as head:
+        signal.signal(signal.SIGTERM, _on_sigterm)  # ray.init installed its own, which exits without cleaning up
         _log(f"Ray: {head.address} ({'ours, temp ' + head.temp if head.temp else 'external'}); runs in {runs_root}")
         for i, (size, m) in enumerate(plan, 1):
             train = data["subsets"][size]
             run_dir = runs_root / f"{size_tag(size)}-{m}"
+            if (size, m) in previous:
+                result["runs"].append({**previous[(size, m)], "reused": True})
+                save()
+                _log(f"[{i}/{total}] {size:g} min {m}: reused from the interrupted run")
+                continue
             t0, load0 = time.monotonic(), _loadavg()
             if m == SCRATCH:
                 run = run_scratch(args, base_model.card, head.address, run_dir, train, data["dev"]["manifest"],
@@ -959,9 +1017,11 @@ def main(argv: list[str] | None = None) -> int:
                            source_cer=s["source"]["cer"], source_greedy_wer=s["source"]["greedy_wer"],
                            score_seconds=round(s["target"]["seconds"] + s["source"]["seconds"], 1))
                 row.pop("candidate")
-                _cleanup(run_dir, args.keep_runs)
             row.update(wall_seconds=round(time.monotonic() - t0, 1), loadavg_start=load0, loadavg_end=_loadavg())
             result["runs"].append(row)
+            if row.get("target_wer") is not None:
+                (run_dir / "row.json").write_text(json.dumps(row, indent=1, default=str) + "\n")
+                _cleanup(run_dir, args.keep_runs)
             save()
             if row.get("target_wer") is not None:
                 _log(f"[{i}/{total}] {size:g} min {m}: target WER {_pct(row['target_wer'])}, source WER "
@@ -981,25 +1041,31 @@ def main(argv: list[str] | None = None) -> int:
                 strategy = pick["model"] if pick else args.strategies[0]
             run_dir = runs_root / f"fsdd-{args.fsdd_speaker}-{strategy}"
             t0 = time.monotonic()
-            run = run_adapt(args, head.address, store, run_dir, f"tc-fsdd-{args.fsdd_speaker}-{strategy}", strategy,
-                            fsdd["train"], fsdd["dev"]["manifest"], data["source_dev"]["manifest"],
-                            args.minutes_per_run)
+            done = _read_json(run_dir / "row.json")
+            run = {"reused": True} if done else run_adapt(
+                args, head.address, store, run_dir, f"tc-fsdd-{args.fsdd_speaker}-{strategy}", strategy, fsdd["train"],
+                fsdd["dev"]["manifest"], data["source_dev"]["manifest"], args.minutes_per_run)
             row = {"speaker": fsdd["speaker"], "accent": fsdd["accent"], "strategy": strategy,
                    "data": {k: fsdd[k] for k in ("train", "dev", "test")},
                    "base_target_wer": base_scores["fsdd"]["wer"], "base_target_cer": base_scores["fsdd"]["cer"],
                    "base_target_greedy_wer": base_scores["fsdd"]["greedy_wer"], **run}
-            if "error" not in run:
+            if done:
+                row = {**done, "reused": True}
+                _log(f"[{total}/{total}] FSDD {fsdd['speaker']} ({strategy}): reused from the interrupted run")
+            elif "error" not in run:
                 s = score(run["candidate"], {"fsdd": test_sets["fsdd"], "source": test_sets["source"]})
                 row.update(target_wer=s["fsdd"]["wer"], target_cer=s["fsdd"]["cer"],
                            target_greedy_wer=s["fsdd"]["greedy_wer"], source_wer=s["source"]["wer"],
                            source_greedy_wer=s["source"]["greedy_wer"])
                 row.pop("candidate")
+                row["wall_seconds"] = round(time.monotonic() - t0, 1)
+                (run_dir / "row.json").write_text(json.dumps(row, indent=1, default=str) + "\n")
                 _cleanup(run_dir, args.keep_runs)
                 _log(f"[{total}/{total}] FSDD {fsdd['speaker']} ({strategy}): digit WER "
                      f"{_pct(row['base_target_wer'])} -> {_pct(row['target_wer'])}, source WER {_pct(row['source_wer'])}")
             else:
                 _log(f"[{total}/{total}] FSDD {fsdd['speaker']} ({strategy}): FAILED: {row['error']}")
-            row["wall_seconds"] = round(time.monotonic() - t0, 1)
+                row["wall_seconds"] = round(time.monotonic() - t0, 1)
             result["fsdd"] = row
             save()
 
@@ -1016,6 +1082,9 @@ def main(argv: list[str] | None = None) -> int:
     machine["loadavg_start"], machine["loadavg_end"] = load_start, _loadavg()
     result["machine"] = machine
     result["wall_seconds"] = round(time.monotonic() - started, 1)
+    result["runs_wall_seconds"] = round(sum(r.get("wall_seconds") or 0 for r in result["runs"])
+                                        + ((result.get("fsdd") or {}).get("wall_seconds") or 0), 1)
+    result["settings"]["resumed"] = bool(args.resume)
     result["complete"] = True
     text = tables(result)
     result["markdown"] = text + "\n\n" + targets_text(result["targets"])
