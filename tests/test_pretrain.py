@@ -221,11 +221,12 @@ def test_pretrain_on_ray_reaches_a_checked_wer(tmp_path, corpus):
     assert card.metrics["dev_wer"] == min(h["dev_wer"] for h in evals)  # the best state is what was exported
 
     model = load_model("tiny-pretrain@1", store=out.parent.parent)
-    result = evaluate(model, corpus[1])
+    result = evaluate(model, corpus[1], greedy=True)
     print(f"tiny pretrain: dev WER {result.wer:.3f} (card {card.metrics['dev_wer']:.3f}), "
           f"wall {lineage['wall_seconds']} s, train {lineage['train_seconds']} s")
     assert result.wer <= WER_BOUND
-    assert abs(result.wer - card.metrics["dev_wer"]) < 0.02  # training's dev decode is the serving decode
+    assert abs(result.greedy_wer - card.metrics["dev_wer"]) < 0.02  # training's dev decode: greedy, same logits
+    assert model.lexicon and result.wer <= result.greedy_wer  # serving adds the lexicon beam search
     assert sorted(p.name for p in out.parent.iterdir()) == [".runs", "1"]  # no temp folder left behind
     checkpoints = sorted(p.name for p in (out.parent / ".runs" / "tiny-pretrain-v1").glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-0000350", "checkpoint-0000400"]  # keep_checkpoints: 2
