@@ -453,7 +453,9 @@ def test_adapters_job_publishes_a_better_version(tmp_path, store, target, tiny):
     assert baseline["base_target_wer"] == m["base_target_wer"]
     report = json.loads((run_dir / "report" / "metrics.json").read_text())
     assert report["decision"]["promoted"] and report["metrics"] == m and report["spec"]["name"] == "tiny-scottish"
-    assert any(h.get("event") == "eval" for h in report["history"])
+    evals = [h["dev_wer"] for h in report["history"] if h.get("event") == "eval"]
+    # the best checkpoint was picked with the serving decoder (beam search over the lexicon): the gate's WER
+    assert evals and min(evals) == pytest.approx(m["adapted_target_wer"], abs=0.02)
     assert (run_dir / "report" / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # the same command again: already finished, nothing new published

@@ -445,8 +445,8 @@ def _worker_loop(config: dict) -> dict | None:
     import ray.train.torch
     from ray.train import Checkpoint
 
-    from speechadapt.asr.evaluation import error_rates
-    from speechadapt.training.loop import Trainer, lr_at, transcribe_examples
+    from speechadapt.asr.beam import BeamConfig, BeamDecoder
+    from speechadapt.training.loop import Trainer, lr_at
     from speechadapt.training.pretrain import _quiet_reports, export_package, restore_checkpoint
     from speechadapt.training.strategies import merge
 
@@ -469,14 +469,6 @@ def _worker_loop(config: dict) -> dict | None:
         if rank == 0:
             emit(event("train", **kw))
 
-    class RayTrainer(Trainer):
-        def dev_wer(self) -> float:
-            """Each rank decodes dev[rank::world]; all ranks get the same corpus WER."""
-            mine = list(range(self.rank, len(self.dev_set), self.world_size))
-            hyps = transcribe_examples(self.net, [self.dev_set[i] for i in mine], self.tokenizer)
-            by_index = dict(pair for part in gather(list(zip(mine, hyps))) for pair in part)
-            return error_rates([e.text for e in self.dev_set], [by_index[i] for i in range(len(self.dev_set))])[0]
-
     t_load = time.monotonic()
     net, plan, tokenizer, features = _base_net(job)
     tc = _train_config(job, net.cfg, features)
@@ -486,8 +478,11 @@ def _worker_loop(config: dict) -> dict | None:
     dev = _load_examples(job.dev_manifest, tokenizer, features)
     replay = _load_examples(job.replay_manifest, tokenizer, features) if job.replay_manifest else []
     model = ray.train.torch.prepare_model(net)  # moves net to the device; DDP when world > 1
-    trainer = RayTrainer(tc, net, tokenizer, train, dev, model=model, rank=rank, world_size=world,
-                         param_groups=plan.param_groups, replay=replay)
+    decoding = _lexicon_for(job.base_path, train)
+    decoder = None if decoding["lexicon"] is None else \
+        BeamDecoder(tokenizer, decoding["lexicon"], BeamConfig.from_dict(decoding["decoding"] or {}))
+    trainer = Trainer(tc, net, tokenizer, train, dev, model=model, rank=rank, world_size=world,
+                      param_groups=plan.param_groups, replay=replay, decoder=decoder, gather=gather)
     torch.manual_seed(job.seed + 1009 * (rank + 1))  # per-rank dropout and SpecAugment streams
     trainer.gen.manual_seed(job.seed + 1009 * (rank + 1))
     say(total_steps=total, message=f"{world} workers: {job.target_utterances} target utterances"
@@ -563,7 +558,7 @@ def _worker_loop(config: dict) -> dict | None:
     final.load_state_dict({k: v.cpu() for k, v in (trainer.best_state or net.state_dict()).items()})
     merge(final)
     export_package(run_dir / CANDIDATE, final.eval(), tokenizer, features, overwrite=True, name="candidate",
-                   metrics={"dev_wer": trainer.best_wer}, **_lexicon_for(job.base_path, train))
+                   metrics={"dev_wer": trainer.best_wer}, **decoding)
     return {"steps": trainer.step_no, "total_steps": total, "best_step": meta["best_step"], "best_dev_wer": trainer.best_wer,
             "train_seconds": round(meta["train_seconds"], 1), "restarts": meta["restarts"],
             "resumed_from_steps": meta["resumed_from_steps"], "workers": world,

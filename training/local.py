@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from speechadapt.asr.beam import BeamDecoder
 from speechadapt.asr.model import ConformerCTC
 from speechadapt.asr.package import ModelCard, lexicon_from_texts, save_package
 from speechadapt.asr.text import CharTokenizer
@@ -34,7 +35,8 @@ def train_local(
     net.feat_mean.copy_(mean)
     net.feat_std.copy_(std)
     t0 = time.monotonic()
-    trainer = Trainer(cfg, net, tokenizer, train, dev)
+    lexicon = lexicon_from_texts(e.text for e in train)  # shipped with the package: dev WER as served
+    trainer = Trainer(cfg, net, tokenizer, train, dev, decoder=BeamDecoder(tokenizer, lexicon))
     best = trainer.run(on_event)
     return save_package(
         out_dir,
@@ -45,7 +47,7 @@ def train_local(
         version=version,
         description=description,
         metrics={"dev_wer": best},
-        lexicon=lexicon_from_texts(e.text for e in train),
+        lexicon=lexicon,
         lineage={
             "strategy": "pretrain",
             "training_data": f"{train_manifest} ({len(train)} utterances)",

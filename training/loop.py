@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from speechbrain.utils.dynamic_chunk_training import DynChunkTrainConfig
 
 from speechadapt.asr.audio import load_audio
+from speechadapt.asr.beam import BeamDecoder
 from speechadapt.asr.decoding import greedy_decode
 from speechadapt.asr.evaluation import error_rates
 from speechadapt.asr.features import FeatureConfig, fbank
@@ -145,21 +146,27 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 @torch.inference_mode()
-def transcribe_examples(net: ConformerCTC, examples: list[Example], tokenizer: CharTokenizer) -> list[str]:
-    """Greedy hypotheses with the streaming chunk mask, on the model's device."""
+def transcribe_examples(net: ConformerCTC, examples: list[Example], tokenizer: CharTokenizer,
+                        decoder: BeamDecoder | None = None) -> list[str]:
+    """Hypotheses with the streaming chunk mask, on the model's device: greedy, or `decoder`'s beam search
+    (the serving decoder of a model with a lexicon)."""
     was = net.training
     net.eval()
     device = net.feat_mean.device
     hyps = []
     for e in examples:
         logits, _ = net(e.feats[None].to(device), torch.tensor([e.feats.shape[0]], device=device), net.cfg.streaming())
-        hyps.append(greedy_decode(logits[0].cpu(), tokenizer, net.cfg.frame_seconds).text)
+        logits = logits[0].cpu()
+        best = decoder.decode(logits, net.cfg.frame_seconds)[0] if decoder is not None else \
+            greedy_decode(logits, tokenizer, net.cfg.frame_seconds)
+        hyps.append(best.text)
     net.train(was)
     return hyps
 
 
-def dev_wer(net: ConformerCTC, examples: list[Example], tokenizer: CharTokenizer) -> float:
-    return error_rates([e.text for e in examples], transcribe_examples(net, examples, tokenizer))[0]
+def dev_wer(net: ConformerCTC, examples: list[Example], tokenizer: CharTokenizer,
+            decoder: BeamDecoder | None = None) -> float:
+    return error_rates([e.text for e in examples], transcribe_examples(net, examples, tokenizer, decoder))[0]
 
 
 class Trainer:
@@ -170,12 +177,20 @@ class Trainer:
     `param_groups`: optimiser groups (`{"params": [...], "lr_scale": s, ...}`; each group's LR is the schedule's
     times its `lr_scale`); default: every parameter with `requires_grad`. `replay`: examples of which
     `cfg.replay_share` of each batch is made (drawn per step and rank, independent of the epoch order, so a
-    resumed run draws the same ones); the train set fills the rest."""
+    resumed run draws the same ones); the train set fills the rest.
+
+    `decoder`: how dev hypotheses are decoded (default greedy); give the model's serving decoder (beam search
+    over its lexicon) so that the best checkpoint is the best as served. `gather(obj) -> [obj of every rank]`
+    (e.g. `torch.distributed.all_gather_object`): with it, each rank decodes dev[rank::world_size] and all
+    ranks get the same corpus WER; without it every rank decodes the whole dev set."""
 
     def __init__(self, cfg: TrainConfig, net: ConformerCTC, tokenizer: CharTokenizer, train: list[Example], dev: list[Example],
                  *, model: torch.nn.Module | None = None, rank: int = 0, world_size: int = 1,
-                 param_groups: list[dict] | None = None, replay: list[Example] | None = None):
+                 param_groups: list[dict] | None = None, replay: list[Example] | None = None,
+                 decoder: BeamDecoder | None = None, gather: Callable[[object], list] | None = None):
         self.cfg, self.net, self.tokenizer, self.train_set, self.dev_set = cfg, net, tokenizer, train, dev
+        self.decoder, self.gather = decoder, gather
+        self.last_cer = float("nan")
         self.model = net if model is None else model
         self.rank, self.world_size = rank, world_size
         self.rng = random.Random(cfg.seed)
@@ -233,8 +248,17 @@ class Trainer:
         return float(loss.detach())
 
     def dev_wer(self) -> float:
-        """WER on the dev set; distributed trainers override this to share the decoding out."""
-        return dev_wer(self.net, self.dev_set, self.tokenizer)
+        """Corpus WER on the dev set (its CER goes to `last_cer`), shared out over the ranks with `gather`."""
+        refs = [e.text for e in self.dev_set]
+        if self.gather is None or self.world_size == 1:
+            hyps = transcribe_examples(self.net, self.dev_set, self.tokenizer, self.decoder)
+        else:
+            mine = list(range(self.rank, len(self.dev_set), self.world_size))
+            part = transcribe_examples(self.net, [self.dev_set[i] for i in mine], self.tokenizer, self.decoder)
+            by_index = dict(pair for got in self.gather(list(zip(mine, part))) for pair in got)
+            hyps = [by_index[i] for i in range(len(self.dev_set))]
+        wer, self.last_cer = error_rates(refs, hyps)
+        return wer
 
     def evaluate(self) -> float:
         wer = self.dev_wer()

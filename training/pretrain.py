@@ -329,12 +329,12 @@ def _worker_loop(config: dict) -> dict | None:
     import ray.train.torch
     from ray.train import Checkpoint
 
-    from speechadapt.asr.evaluation import error_rates
+    from speechadapt.asr.beam import BeamDecoder
     from speechadapt.asr.model import ConformerCTC
     from speechadapt.asr.package import lexicon_from_texts
     from speechadapt.asr.text import CharTokenizer
     from speechadapt.config_io import to_dict
-    from speechadapt.training.loop import Trainer, feature_stats, load_examples, lr_at, transcribe_examples
+    from speechadapt.training.loop import Trainer, feature_stats, load_examples, lr_at
 
     cfg: PretrainConfig = config["cfg"]
     tc = cfg.train
@@ -356,17 +356,6 @@ def _worker_loop(config: dict) -> dict | None:
         dist.all_gather_object(out, obj)
         return out
 
-    class RayTrainer(Trainer):
-        last_cer = float("nan")
-
-        def dev_wer(self) -> float:
-            """Each rank decodes dev[rank::world]; all ranks get the same corpus WER (and CER)."""
-            mine = list(range(self.rank, len(self.dev_set), self.world_size))
-            hyps = transcribe_examples(self.net, [self.dev_set[i] for i in mine], self.tokenizer)
-            by_index = dict(pair for part in gather(list(zip(mine, hyps))) for pair in part)
-            wer, self.last_cer = error_rates([e.text for e in self.dev_set], [by_index[i] for i in range(len(self.dev_set))])
-            return wer
-
     t_start = time.monotonic()
     torch.manual_seed(tc.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
     tokenizer = CharTokenizer()
@@ -377,7 +366,9 @@ def _worker_loop(config: dict) -> dict | None:
     net.feat_mean.copy_(mean)
     net.feat_std.copy_(std)
     model = ray.train.torch.prepare_model(net)  # moves net to the device; DDP when world > 1
-    trainer = RayTrainer(tc, net, tokenizer, train, dev, model=model, rank=rank, world_size=world)
+    lexicon = lexicon_from_texts(e.text for e in train)  # what the package ships and serving searches over
+    trainer = Trainer(tc, net, tokenizer, train, dev, model=model, rank=rank, world_size=world, gather=gather,
+                      decoder=BeamDecoder(tokenizer, lexicon))
     # Per-rank streams for dropout and SpecAugment; the batch/chunk RNG (trainer.rng) stays shared.
     torch.manual_seed(tc.seed + 1009 * (rank + 1))
     trainer.gen.manual_seed(tc.seed + 1009 * (rank + 1))
@@ -480,7 +471,7 @@ def _worker_loop(config: dict) -> dict | None:
     }
     export_package(Path(cfg.out), net.cpu().eval(), tokenizer, tc.features, overwrite=cfg.overwrite, name=cfg.name,
                    version=cfg.version, description=cfg.description, metrics=metrics, lineage=lineage,
-                   lexicon=lexicon_from_texts(e.text for e in train))
+                   lexicon=lexicon)
     log(f"wrote {cfg.out} (best dev WER {trainer.best_wer:.1%} at step {meta['best_step']})")
     return {"out": cfg.out, "dev_wer": trainer.best_wer, "best_step": meta["best_step"], "steps": trainer.step_no,
             "workers": world, "wall_seconds": round(wall, 1), "restarts": meta["restarts"],
