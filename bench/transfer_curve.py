@@ -307,6 +307,15 @@ def build_data(args, info: bm.TrainingInfo, workdir: Path) -> dict:
     clash = sorted(set(test_variants) & set(train_variants))
     if clash:
         raise ValueError(f"test variants {clash} are also target-pool speakers: give other --test-variants")
+    source_variants = list(train_variants)  # the base's speakers: the source dev set (the jobs' gate)
+    if args.pool_speakers is not None and args.pool_speakers < 1:
+        raise ValueError(f"--pool-speakers must be at least 1, not {args.pool_speakers}")
+    if args.pool_speakers:  # more target speakers: the base's first, then other natural variants (never a test one)
+        more = [v for v in bm._variant_pool() if v not in train_variants and v not in test_variants]
+        if args.pool_speakers > len(train_variants) + len(more):
+            raise ValueError(f"--pool-speakers {args.pool_speakers}: at most {len(train_variants) + len(more)} "
+                             "speaker variants are left besides the test speakers")
+        train_variants = (list(train_variants) + more)[: args.pool_speakers]
     espeak = bm._espeak_version()
     seed = args.seed * 1000
     pool_minutes = max(max(args.sizes), POOL_MINUTES) + 0.25  # one pool whatever --sizes: the same N-minute sets
@@ -329,7 +338,7 @@ def build_data(args, info: bm.TrainingInfo, workdir: Path) -> dict:
     test, c3 = synth_cached(workdir, f"{acc}-test", [acc], test_variants, test_text, seed + 3, info, espeak, jobs=args.jobs)
     source, c4 = synth_cached(workdir, "source-test", source_voices, test_variants, source_text, seed + 4, info,
                               espeak, jobs=args.jobs)
-    source_dev, c5 = synth_cached(workdir, "source-dev", source_voices, train_variants, source_dev_text, seed + 5,
+    source_dev, c5 = synth_cached(workdir, "source-dev", source_voices, source_variants, source_dev_text, seed + 5,
                                   info, espeak, jobs=args.jobs)
     pool_rows = bm._read_jsonl(pool)
     counts = nested_subsets([float(r["duration"]) for r in pool_rows], args.sizes)
@@ -830,6 +839,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="source test utterances (default: 120; --quick: 30)")
     p.add_argument("--dev-utterances", type=int, default=None, metavar="N",
                    help="target dev utterances, shared by every run (default: 20; --quick: 10)")
+    p.add_argument("--pool-speakers", type=int, default=None, metavar="N",
+                   help="speaker variants of the target pool and dev set (default: the base's own, 10 for base-en); "
+                        "more: the base's, then other natural variants, never a test speaker")
     p.add_argument("--test-variants", type=lambda s: [v.strip() for v in s.split(",") if v.strip()], default=None,
                    metavar="V,V,...", help="speaker variants of the test sets (default: 4 the base never heard)")
     p.add_argument("--seed", type=int, default=7, help="data and training seed (default: 7)")
@@ -958,7 +970,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"sizes": args.sizes, "strategies": args.strategies, "minutes_per_run": args.minutes_per_run,
                      "budget": "optimiser steps that take minutes_per_run at step_seconds_assumed (x train_share); "
                                "wall-clock cap minutes_per_run x time_cap", "time_cap": args.time_cap,
-                     "target_accent": args.target_accent, "source_replay": args.source_replay, "batch_size": BATCH,
+                     "target_accent": args.target_accent, "pool_speakers": len(data["recipe"]["train_variants"]),
+                     "source_replay": args.source_replay, "batch_size": BATCH,
                      "learning_rate": "the strategy's default (speechadapt.jobspec.DEFAULT_LR)", "augment": True,
                      "workers": 1, "cpus_per_worker": args.cpus_per_worker, "seed": args.seed, "quick": args.quick,
                      "no_scratch": args.no_scratch, "step_seconds_assumed": STEP_SECONDS, "train_share": TRAIN_SHARE,
