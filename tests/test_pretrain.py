@@ -1,6 +1,6 @@
-"""Pretraining as a Ray Train job: config loading, resumable trainer state, atomic export, and two real runs
-on the tiny corpus (local Ray on 127.0.0.1, 2 DDP workers at 0.5 CPU): one to a checked WER, one that loses a
-worker mid-run and resumes from its last reported checkpoint."""
+"""Pretraining as a Ray Train job: config loading, resumable trainer state, atomic export, and one real run
+on the tiny corpus (local Ray on 127.0.0.1, 2 DDP workers at 0.5 CPU) that loses a worker mid-run, resumes
+from its last reported checkpoint and reaches a checked WER."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_YAML = ROOT / "training" / "configs" / "tiny.yaml"
 BASE_YAML = ROOT / "training" / "configs" / "base-en.yaml"
 
-# Measured on 2 cores: 400 steps reach 21% dev WER in ~2 min of training (step 250: 35%, step 300: 29%).
-WER_BOUND = 0.35
+# The recipe's 400 steps reach 21% greedy dev WER in ~2 min of training on 2 cores (step 300: 29%); with the
+# lexicon beam search it serves with, 5% at step 400. The test runs 300 steps (with a killed worker).
+STEPS = 300
+WER_BOUND = 0.25
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -201,7 +203,8 @@ def _pretrain(tmp_path: Path, corpus, *overrides: str, timeout: float) -> tuple[
     """`python -m speechadapt.training.pretrain` on the tiny recipe; its own local Ray head on 127.0.0.1."""
     out = tmp_path / "store" / "tiny-pretrain" / "1"
     cmd = [sys.executable, "-m", "speechadapt.training.pretrain", "--config", str(TINY_YAML), "--set",
-           f"train_manifest={corpus[0]}", f"dev_manifest={corpus[1]}", f"out={out}", "cpus_per_worker=0.5", *overrides]
+           f"train_manifest={corpus[0]}", f"dev_manifest={corpus[1]}", f"out={out}", "cpus_per_worker=0.5",
+           f"train.max_steps={STEPS}", *overrides]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # never someone else's cluster
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
@@ -216,51 +219,41 @@ def _pretrain(tmp_path: Path, corpus, *overrides: str, timeout: float) -> tuple[
 
 
 @pytest.mark.slow
-def test_pretrain_on_ray_reaches_a_checked_wer(tmp_path, corpus):
+def test_pretrain_on_ray_survives_a_killed_worker_and_reaches_a_checked_wer(tmp_path, corpus):
+    """One real run: rank 1 calls os._exit(1) after step 75 (once: a marker in run storage); Ray Train restarts
+    the workers from the checkpoint of step 50, the last one reported, and the run still reaches its WER."""
     from speechadapt.asr import evaluate, load_model
     from speechadapt.asr.package import read_card
 
-    log, out = _pretrain(tmp_path, corpus, timeout=360)
+    log, out = _pretrain(tmp_path, corpus, "fail_at_step=75", timeout=420)
+    runs = out.parent / ".runs" / "tiny-pretrain-v1"
+    assert (runs / ".fault-injected").read_text() == "rank 1 exited at step 75\n"
+    assert "resumed from the checkpoint at step 50" in log
+
     card = read_card(out)
     lineage = card.lineage
     assert lineage["strategy"] == "pretrain" and lineage["workers"] == 2 and lineage["backend"] == "gloo"
-    assert lineage["steps"] == 400 and lineage["restarts"] == 0
+    assert lineage["steps"] == STEPS and lineage["restarts"] == 1 and lineage["resumed_from_steps"] == [50]
     assert lineage["reproduce"].startswith("python -m speechadapt.training.pretrain --config ")
     assert "(240 utterances" in lineage["training_data"]
+    steps = [(h.get("event", "eval"), h["step"]) for h in lineage["history"]]
+    # continued from step 50, not restarted from 0
+    assert steps == [("eval", 50), ("resume", 50)] + [("eval", s) for s in range(100, STEPS + 1, 50)]
     evals = [h for h in lineage["history"] if "dev_wer" in h]
-    assert [h["step"] for h in evals] == list(range(50, 401, 50))
     assert card.metrics["dev_wer"] == min(h["dev_wer"] for h in evals)  # the best state is what was exported
+    progress = json.loads((runs / f"checkpoint-{STEPS:07d}" / "progress.json").read_text())
+    assert progress["restarts"] == 1 and progress["step"] == STEPS
 
     model = load_model("tiny-pretrain@1", store=out.parent.parent)
     result = evaluate(model, corpus[1], greedy=True)
-    print(f"tiny pretrain: dev WER {result.wer:.3f} (card {card.metrics['dev_wer']:.3f}), "
+    print(f"tiny pretrain: dev WER {result.wer:.3f} (card {card.metrics['dev_wer']:.3f}, greedy {result.greedy_wer:.3f}), "
           f"wall {lineage['wall_seconds']} s, train {lineage['train_seconds']} s")
     assert result.wer <= WER_BOUND
     assert abs(result.wer - card.metrics["dev_wer"]) < 0.02  # training picks its best state with the serving decoder
     assert model.lexicon and result.wer <= result.greedy_wer  # the lexicon beam search, not greedy
     assert sorted(p.name for p in out.parent.iterdir()) == [".runs", "1"]  # no temp folder left behind
-    checkpoints = sorted(p.name for p in (out.parent / ".runs" / "tiny-pretrain-v1").glob("checkpoint-*"))
-    assert checkpoints == ["checkpoint-0000350", "checkpoint-0000400"]  # keep_checkpoints: 2
-
-
-@pytest.mark.slow
-def test_pretrain_resumes_after_a_worker_dies(tmp_path, corpus):
-    from speechadapt.asr import load_model
-    from speechadapt.asr.package import read_card
-
-    # Rank 1 calls os._exit(1) after step 75 (once: a marker in run storage); the checkpoint of step 50 was reported.
-    log, out = _pretrain(tmp_path, corpus, "train.max_steps=150", "fail_at_step=75", timeout=300)
-    marker = out.parent / ".runs" / "tiny-pretrain-v1" / ".fault-injected"
-    assert marker.read_text() == "rank 1 exited at step 75\n"
-    assert "resumed from the checkpoint at step 50" in log
-
-    lineage = read_card(out).lineage
-    assert lineage["restarts"] == 1 and lineage["resumed_from_steps"] == [50] and lineage["steps"] == 150
-    steps = [(h.get("event", "eval"), h["step"]) for h in lineage["history"]]
-    assert steps == [("eval", 50), ("resume", 50), ("eval", 100), ("eval", 150)]  # continued, not restarted from 0
-    progress = json.loads((out.parent / ".runs" / "tiny-pretrain-v1" / "checkpoint-0000150" / "progress.json").read_text())
-    assert progress["restarts"] == 1 and progress["step"] == 150
-    load_model(out)  # the package is whole
+    checkpoints = sorted(p.name for p in runs.glob("checkpoint-*"))
+    assert checkpoints == [f"checkpoint-{STEPS - 50:07d}", f"checkpoint-{STEPS:07d}"]  # keep_checkpoints: 2
 
 
 def test_speechadapt_cli_exposes_pretrain():
