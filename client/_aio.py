@@ -12,7 +12,8 @@ import grpc
 import grpc.aio
 
 from speechadapt.client import jobs
-from speechadapt.client._grpc import Config, RequestFeed, WaitClock, channel_credentials, check_target, file_config
+from speechadapt.client._grpc import (LOST_STATUS_RETRIES, Config, RequestFeed, WaitClock, channel_credentials,
+                                      check_target, file_config, lost_status)
 from speechadapt.client.audio import apaced, bytes_per_second, pcm_chunks, read_audio
 from speechadapt.client.types import Job, JobEvent, ModelInfo, Result, SpeechAdaptError
 from speechadapt.client.upload import DEFAULT_CHUNK_BYTES, ProgressCallback, Upload, read_local_manifest
@@ -164,11 +165,11 @@ class AsyncSpeechClient:
             up.on_progress = lambda progress: loop.call_soon_threadsafe(callback, progress)
         await asyncio.to_thread(up.hash)
         up.on_progress = callback
-        held, limited = -1, None
+        held, limited, lost = -1, None, 0
         while True:  # see SpeechClient._upload
             for req in up.check_requests():
                 up.add_status(await self._call(self._adaptation.CheckUpload, req))
-            if limited is not None and up.held() <= held:
+            if limited is not None and up.held() <= held and not 0 < lost <= LOST_STATUS_RETRIES:
                 raise limited
             held = up.held()
             try:
@@ -178,7 +179,8 @@ class AsyncSpeechClient:
                 up.raise_error()
                 limited = SpeechAdaptError.from_rpc(e)
                 limited.__cause__ = e
-                if limited.code != "RESOURCE_EXHAUSTED":
+                lost = lost + 1 if lost_status(e) else 0  # the server's refusal, hidden by grpc.aio: ask again
+                if limited.code != "RESOURCE_EXHAUSTED" and not 0 < lost <= LOST_STATUS_RETRIES:
                     raise limited from e
         up.raise_error()
         return up.finish(resp)

@@ -16,6 +16,17 @@ from speechadapt.v1 import recognizer_pb2
 Config = StreamConfig | recognizer_pb2.StreamingRecognitionConfig
 
 
+LOST_STATUS_RETRIES = 3  # calls in a row whose status grpc.aio lost before giving up
+
+
+def lost_status(error: grpc.RpcError) -> bool:
+    """An asyncio call whose status grpc replaced with INTERNAL "Internal error from Core": a request written
+    just as the server ended the call fails, and grpc.aio reports that failed write instead of the status the
+    server sent (grpc/grpc#36066). The server's answer is unknown, so the caller may ask again."""
+    debug = getattr(error, "debug_error_string", lambda: "")() or ""
+    return error.code() == grpc.StatusCode.INTERNAL and "execute_batch" in debug and "SendMessage" in debug
+
+
 def channel_credentials(tls: bool, root_certificates: bytes | str | Path | None) -> grpc.ChannelCredentials | None:
     """TLS credentials when `tls` or root certificates are given, else None (plaintext).
 

@@ -449,3 +449,17 @@ def test_cli_parser_build_is_light():
             "assert not heavy, heavy[:5]")
     r = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_lost_status_is_only_grpc_aio_failed_write():
+    from grpc.aio import AioRpcError, Metadata
+
+    from speechadapt.client._grpc import lost_status
+
+    def err(code, debug):
+        return AioRpcError(code, Metadata(), Metadata(), details="Internal error from Core", debug_error_string=debug)
+
+    failed_write = 'Failed "execute_batch": (<grpc._cython.cygrpc.SendMessageOperation object at 0x7f96>,)'
+    assert lost_status(err(grpc.StatusCode.INTERNAL, failed_write))
+    assert not lost_status(err(grpc.StatusCode.INTERNAL, "a real internal error"))
+    assert not lost_status(err(grpc.StatusCode.RESOURCE_EXHAUSTED, failed_write))
