@@ -61,7 +61,6 @@ transfer_curve.quick.json) and a PNG beside it. --quick: 1 minute, head only, 0.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -83,6 +82,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import base_model as bm  # noqa: E402  (the sibling benchmark: training-corpus info, variants, machine info)
+from speechadapt.training.adapt import read_json  # noqa: E402  (neither torch nor ray)
 
 CACHE_FORMAT = 1  # bump when a data recipe below changes
 STRATEGIES = ("head", "finetune", "adapters")
@@ -526,14 +526,6 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return d if isinstance(d, dict) else None
-
-
 def _tail(path: Path, n: int = 3) -> str:
     try:
         lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
@@ -559,7 +551,7 @@ def run_adapt(args, ray_address: str, store: Path, run_dir: Path, name: str, str
     rc = run_logged(cmd, run_dir / "job.log", timeout=minutes * args.time_cap * 60 * 3 + 900)
     out = {"run_dir": str(run_dir), "exit_code": rc, "job_seconds": round(time.monotonic() - t0, 1),
            "spec": {k: spec[k] for k in ("strategy", "max_epochs", "max_minutes", "source_replay", "batch_size")}}
-    result, summary = _read_json(run_dir / "result.json"), _read_json(run_dir / "train_summary.json")
+    result, summary = read_json(run_dir / "result.json"), read_json(run_dir / "train_summary.json")
     if rc != 0 or result is None or not (run_dir / "candidate" / "model.json").is_file():
         out["error"] = f"adaptation job exit {rc}: {_tail(run_dir / 'job.log')}"
         return out
@@ -614,7 +606,7 @@ def run_scratch(args, card, ray_address: str, run_dir: Path, train: dict, dev_ma
            "spec": {"recipe": made["recipe"], "max_steps": tc["max_steps"], "max_minutes": tc["max_minutes"],
                     "batch_frames": tc.get("batch_frames"), "learning_rate": tc.get("learning_rate"),
                     "warmup_steps": tc["warmup_steps"]}}
-    card_out = _read_json(run_dir / "model" / "model.json")
+    card_out = read_json(run_dir / "model" / "model.json")
     if rc != 0 or card_out is None:
         out["error"] = f"pretraining job exit {rc}: {_tail(run_dir / 'job.log')}"
         return out
@@ -641,13 +633,13 @@ def resume_dir(workdir: Path, which: str) -> Path | None:
 def finished_rows(runs_root: Path, out_path: Path) -> dict[tuple, dict]:
     """Scored runs of an interrupted benchmark: RUN/row.json, and the rows of its --out JSON (written as it went)."""
     rows: dict[tuple, dict] = {}
-    earlier = _read_json(out_path)
+    earlier = read_json(out_path)
     if earlier and earlier.get("settings", {}).get("runs_dir") == str(runs_root):
         for r in earlier.get("runs", []):
             if r.get("target_wer") is not None:
                 rows[(float(r["minutes"]), r["model"])] = r
     for f in sorted(runs_root.glob("*/row.json")):
-        r = _read_json(f)
+        r = read_json(f)
         if r and r.get("target_wer") is not None and "minutes" in r:
             rows[(float(r["minutes"]), r["model"])] = r
     return rows
@@ -684,7 +676,7 @@ def tables(result: dict) -> str:
            f"{_pct(bs)}):", "",
            "| target audio | train utts | " + " | ".join(models) + " |",
            "| ---: | ---: | " + " | ".join("---:" for _ in models) + " |",
-           f"| 0 (base) | 0 | " + " | ".join(f"{_pct(bt)} ({_pct(bs)})" for _ in models) + " |"]
+           "| 0 (base) | 0 | " + " | ".join(f"{_pct(bt)} ({_pct(bs)})" for _ in models) + " |"]
     for size in sizes:
         sub = data["subsets"][size_tag(size)]
         cells = []
@@ -947,7 +939,7 @@ def main(argv: list[str] | None = None) -> int:
         if runs_root is None:
             print(f"error: --resume {args.resume}: no such runs folder in {workdir / 'runs'}", file=sys.stderr)
             return 2
-        before = _read_json(runs_root / "bench-settings.json")
+        before = read_json(runs_root / "bench-settings.json")
         if before != json.loads(json.dumps(same)):
             print(f"error: --resume {runs_root}: its settings differ from this command's: {before}", file=sys.stderr)
             return 2
@@ -1054,7 +1046,7 @@ def main(argv: list[str] | None = None) -> int:
                 strategy = pick["model"] if pick else args.strategies[0]
             run_dir = runs_root / f"fsdd-{args.fsdd_speaker}-{strategy}"
             t0 = time.monotonic()
-            done = _read_json(run_dir / "row.json")
+            done = read_json(run_dir / "row.json")
             run = {"reused": True} if done else run_adapt(
                 args, head.address, store, run_dir, f"tc-fsdd-{args.fsdd_speaker}-{strategy}", strategy, fsdd["train"],
                 fsdd["dev"]["manifest"], data["source_dev"]["manifest"], args.minutes_per_run)

@@ -169,7 +169,7 @@ class AsyncSpeechClient:
         while True:  # see SpeechClient._upload
             for req in up.check_requests():
                 up.add_status(await self._call(self._adaptation.CheckUpload, req))
-            if limited is not None and up.held() <= held and not 0 < lost <= LOST_STATUS_RETRIES:
+            if limited is not None and up.held() <= held and not lost:
                 raise limited
             held = up.held()
             try:
@@ -179,8 +179,9 @@ class AsyncSpeechClient:
                 up.raise_error()
                 limited = SpeechAdaptError.from_rpc(e)
                 limited.__cause__ = e
-                lost = lost + 1 if lost_status(e) else 0  # the server's refusal, hidden by grpc.aio: ask again
-                if limited.code != "RESOURCE_EXHAUSTED" and not 0 < lost <= LOST_STATUS_RETRIES:
+                # the server's answer, hidden by grpc.aio (lost_status): ask again, LOST_STATUS_RETRIES times in a row
+                lost = lost + 1 if lost_status(e) and lost < LOST_STATUS_RETRIES else 0
+                if limited.code != "RESOURCE_EXHAUSTED" and not lost:
                     raise limited from e
         up.raise_error()
         return up.finish(resp)

@@ -147,7 +147,8 @@ def write_json_atomic(path: Path, obj) -> None:
     _fsync_dir(path.parent)
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
+    """A JSON object file's content; None when it is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -278,7 +279,7 @@ def synthesize_source(domain: SourceDomain, out_dir: Path, count: int, seed: int
 
     manifest, done = out_dir / "manifest.jsonl", out_dir / ".complete.json"
     recipe = {"domain": domain.as_dict(), "count": count, "seed": seed}
-    if manifest.is_file() and _read_json(done) == recipe:
+    if manifest.is_file() and read_json(done) == recipe:
         return manifest
     shutil.rmtree(out_dir, ignore_errors=True)
     known_voices = set(list_voices())
@@ -652,7 +653,7 @@ def find_published(store: Path, name: str, run_dir: Path) -> int:
     from speechadapt.asr.package import CARD
 
     for v in _versions(store / name):
-        card = _read_json(store / name / str(v) / CARD)
+        card = read_json(store / name / str(v) / CARD)
         if card and (card.get("lineage") or {}).get("run") == str(run_dir):
             return v
     return 0
@@ -789,7 +790,7 @@ def run_job(args: JobArgs) -> int:
     run_dir, store = args.run_dir, args.store
     job_id = args.job_id or run_dir.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    done = _read_json(run_dir / RESULT_FILE)
+    done = read_json(run_dir / RESULT_FILE)
     if done is not None:
         emit(event("result", message=f"already finished: {done.get('reason', '')}", result=done))
         return EXIT_OK
@@ -819,7 +820,7 @@ def run_job(args: JobArgs) -> int:
     state.source_dev = str(source_dev)
     emit(event("baseline", message=f"source dev set: {state.source_dev_origin}"))
     key = {"base_model": state.base_ref, "base_path": state.base_path, "target_dev": spec.dev_manifest, "source_dev": state.source_dev}
-    baseline = _read_json(run_dir / BASELINE_FILE)
+    baseline = read_json(run_dir / BASELINE_FILE)
     if baseline is None or any(baseline.get(k) != v for k, v in key.items()):
         from speechadapt.asr.inference import load_model
 
@@ -846,7 +847,7 @@ def run_job(args: JobArgs) -> int:
         replay, origin = replay_manifest(spec, domain, run_dir, target_utterances)
         job = replace(job, replay_manifest=str(replay))
         emit(event("train", message=f"source replay {spec.source_replay:.0%} of each batch from {origin}"))
-    summary = _read_json(run_dir / SUMMARY_FILE)
+    summary = read_json(run_dir / SUMMARY_FILE)
     if summary is None or not (run_dir / CANDIDATE / "model.json").is_file():
         emit(event("train", total_steps=job.schedule()["total_steps"], message=f"starting Ray Train: {spec.workers} "
                    f"workers, {spec.strategy}, lr {spec.lr:g}, up to {spec.max_epochs} epochs / {spec.max_minutes:g} min"))

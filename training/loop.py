@@ -164,11 +164,6 @@ def transcribe_examples(net: ConformerCTC, examples: list[Example], tokenizer: C
     return hyps
 
 
-def dev_wer(net: ConformerCTC, examples: list[Example], tokenizer: CharTokenizer,
-            decoder: BeamDecoder | None = None) -> float:
-    return error_rates([e.text for e in examples], transcribe_examples(net, examples, tokenizer, decoder))[0]
-
-
 class Trainer:
     """`net` is the bare model (evaluated, saved); `model` what the training forward calls, e.g. DDP(net)
     (default: `net`). With `world_size` > 1 each rank takes `shard_batches` of every epoch's batches; give
