@@ -51,6 +51,10 @@ def evaluate(model: AsrModel, manifest: str | Path, greedy: bool = False) -> Eva
         samples = load_audio(u.audio, model.sample_rate)
         audio_s += len(samples) / model.sample_rate
         t0 = time.perf_counter()
+        if not hasattr(model, "logits"):  # an encoder-decoder model: its own decoder, no greedy CTC to compare
+            hyps.append(model.transcribe(samples).text)
+            busy += time.perf_counter() - t0
+            continue
         logits = model.logits(samples)
         hyps.append(model.decode(logits)[0].text)
         busy += time.perf_counter() - t0
@@ -58,5 +62,5 @@ def evaluate(model: AsrModel, manifest: str | Path, greedy: bool = False) -> Eva
             plain.append(greedy_decode(logits, model.tokenizer, model.frame_seconds).text)
     refs = [u.text for u in utts]
     wer, cer = error_rates(refs, hyps)
-    greedy_wer = error_rates(refs, plain)[0] if greedy else None
+    greedy_wer = error_rates(refs, plain)[0] if greedy and plain else None
     return EvalResult(wer, cer, len(utts), audio_s, busy / audio_s if audio_s else 0.0, greedy_wer)

@@ -9,13 +9,15 @@ import numpy as np
 import torch
 
 from speechadapt.asr.audio import load_audio
-from speechadapt.asr.beam import BeamConfig, BeamDecoder, Phrase
+from speechadapt.asr.beam import BeamConfig, BeamDecoder, Phrase, parse_phrases
 from speechadapt.asr.decoding import Hypothesis, greedy_decode
 from speechadapt.asr.features import FeatureConfig, fbank
 from speechadapt.asr.model import ConformerCTC
-from speechadapt.asr.package import ModelCard, load_package, read_lexicon
+from speechadapt.asr.package import ModelCard, load_package, read_card, read_lexicon, verify
 from speechadapt.asr.store import ModelRef, resolve_path_or_ref
 from speechadapt.asr.text import CharTokenizer
+
+WHISPER = "whisper"
 
 
 @dataclass
@@ -68,12 +70,38 @@ class AsrModel:
     def transcribe(self, samples: np.ndarray) -> Hypothesis:
         return self.recognize(samples)[0]
 
+    architecture = "conformer-ctc"
+
+    def parse_phrases(self, contexts) -> tuple[Phrase, ...]:
+        """speech_contexts -> phrases for the beam search. Raises ValueError naming every bad phrase."""
+        return parse_phrases(contexts, self.tokenizer)
+
+    def new_stream(self, input_rate: int, endpoint, phrases: tuple[Phrase, ...] = ()):
+        """A stream (interim results greedy; pass `phrases` to its `final_result`)."""
+        from speechadapt.asr.streaming import Stream
+
+        return Stream(self, input_rate, endpoint)
+
+    def memory_bytes(self) -> int:
+        """Memory the model holds: its parameters and buffers."""
+        return sum(t.numel() * t.element_size() for t in list(self.net.parameters()) + list(self.net.buffers()))
+
     def transcribe_file(self, path: str | Path) -> Hypothesis:
         return self.transcribe(load_audio(path, self.sample_rate))
 
 
-def load_model(ref: str | Path, store: str | Path | None = None, device: str = "cpu") -> AsrModel:
-    """A package folder, or "name[@version]" from `store` or the built-in models."""
+def load_model(ref: str | Path, store: str | Path | None = None, device: str = "cpu", threads: int = 0):
+    """A package folder, or "name[@version]" from `store` or the built-in models.
+
+    Every architecture gives an object with the same calls (`name`, `card`, `sample_rate`, `recognize`,
+    `transcribe`, `transcribe_file`, `new_stream`, `parse_phrases`, `memory_bytes`): `AsrModel` for the
+    conformer-CTC, `speechadapt.asr.whisper.WhisperModel` for Whisper."""
     mref = resolve_path_or_ref(str(ref), store)
+    card = read_card(mref.path)
+    if card.architecture == WHISPER:
+        from speechadapt.asr.whisper import load_whisper
+
+        verify(mref.path, card)
+        return load_whisper(mref.path, card, mref, threads)
     card, net, tok, feats = load_package(mref.path, device=device)
     return AsrModel(card, net, tok, feats, mref, read_lexicon(mref.path, card))

@@ -160,7 +160,8 @@ def save_package(
     if lexicon:
         (folder / LEXICON).write_text("\n".join(sorted(set(lexicon))) + "\n", encoding="utf-8")
         names.append(LEXICON)
-    card = ModelCard(
+    return write_card(
+        folder, names,
         name=name,
         version=version,
         architecture=ARCHITECTURE,
@@ -172,14 +173,22 @@ def save_package(
         description=description,
         metrics=dict(metrics or {}),
         lineage=dict(lineage or {}),
-        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         num_parameters=net.num_parameters(),
-        files={n: {"sha256": sha256_file(folder / n), "bytes": (folder / n).stat().st_size} for n in names},
         decoding=dict(decoding or {}),
+    )
+
+
+def write_card(folder: Path, names: list[str], **fields_) -> ModelCard:
+    """Finish a package whose files `names` are written in `folder`: record each file's sha256 and size in
+    `model.json`, then fsync every file. Returns the card."""
+    folder = Path(folder)
+    card = ModelCard(
+        **fields_,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        files={n: {"sha256": sha256_file(folder / n), "bytes": (folder / n).stat().st_size} for n in names},
     )
     (folder / CARD).write_text(card.to_json())
     for name_ in (*names, CARD):
         with open(folder / name_, "rb") as f:
             os.fsync(f.fileno())
     return card
-

@@ -121,6 +121,10 @@ class Stream:
         """Decode the next ready chunk only (check `is_endpoint` after each)."""
         decode_streams([self])
 
+    @staticmethod
+    def decode_batch(streams: list["Stream"]) -> int:
+        return decode_ctc_streams(streams)
+
     @property
     def audio_seconds(self) -> float:
         return self.samples_in / self.input_rate
@@ -187,8 +191,17 @@ def _unstack(batched, contexts: list) -> None:
                 setattr(layer, name, None if value is None else value[i : i + 1].clone())
 
 
+def decode_streams(streams: list) -> int:
+    """Decode the next ready piece of each stream, whatever its model: streams of one kind go to their
+    class's `decode_batch` together (batched across streams). Returns the number of forward passes run."""
+    kinds: dict[type, list] = {}
+    for s in streams:
+        kinds.setdefault(type(s), []).append(s)
+    return sum(kind.decode_batch(members) for kind, members in kinds.items())
+
+
 @torch.inference_mode()
-def decode_streams(streams: list[Stream]) -> int:
+def decode_ctc_streams(streams: list[Stream]) -> int:
     """Decode one chunk of each ready stream (callers check endpoints between calls).
 
     Streams whose chunks and cached contexts have the same shape (every stream past its first second,

@@ -407,6 +407,27 @@ def _eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _models_import(args: argparse.Namespace) -> int:
+    try:
+        from speechadapt.asr.importers import import_model
+        from speechadapt.asr.package import PackageError, read_card
+    except ImportError as e:
+        return _needs_extra("models import", e)
+    try:
+        folder = import_model(args.source, args.name, Path(args.store), tokenizer=args.tokenizer,
+                              labels=args.labels, description=args.description)
+    except (PackageError, ValueError, OSError) as e:
+        print(f"error: cannot import {args.source}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    card = read_card(folder)
+    if args.json:
+        print(card.to_json(), end="")
+    else:
+        print(f"imported {args.source} as {card.name}@{card.version} ({card.architecture}, "
+              f"{_human_params(card.num_parameters)} parameters) in {folder}")
+    return EXIT_OK
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
         from speechadapt.server.app import ServerConfig, run
@@ -557,6 +578,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref", metavar="REF", help="'name' (newest version) or 'name@version'")
     p.add_argument("--json", action="store_true", help="print the model as one JSON object")
     p.set_defaults(_handler=_models_get)
+    p = msub.add_parser("import", help="import a checkpoint into a model store as a verified package (in-process)",
+                        description="Sources: bundled:whisper-tiny.en (shipped with speechadapt[server]); a CTranslate2 "
+                        "Whisper folder; a Hugging Face Whisper folder (config.json, model.safetensors, tokenizer.json); "
+                        "an openai-whisper checkpoint (.pt); torchaudio wav2vec2/HuBERT CTC weights (.pt/.pth, with "
+                        "--labels). The package is written as NAME@N (next version) only once it loads back.")
+    p.add_argument("source", metavar="SOURCE", help="bundled:NAME, a folder or a checkpoint file")
+    p.add_argument("--name", required=True, help="model name in the store (letters, digits, '.', '_', '-')")
+    p.add_argument("--store", default="./models", metavar="DIR", help="model store (default: ./models)")
+    p.add_argument("--tokenizer", default=None, metavar="FILE",
+                   help="tokenizer.json for an openai-whisper checkpoint (default: the bundled one, English-only vocab)")
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="wav2vec2 CTC labels, one per line (default: torchaudio's English character set)")
+    p.add_argument("--description", default="", help="text for the model card")
+    p.add_argument("--json", action="store_true", help="print the package's card as JSON")
+    p.set_defaults(_handler=_models_import)
 
     _add_jobs(sub, conn)
 

@@ -44,7 +44,7 @@ class SpeechServer:
         self.config = config
         torch.set_num_threads(config.threads or config.cores)
         self.registry = ModelRegistry(config.model_store, config.default_model, config.device,
-                                      memory_budget_bytes=config.model_memory_mb * 1024 * 1024)
+                                      memory_budget_bytes=config.model_memory_mb * 1024 * 1024, threads=config.threads)
         self.admission = Admission(config.max_streams)
         self.executor = ThreadPoolExecutor(max_workers=config.workers or config.cores, thread_name_prefix="infer")
         self.batcher = Batcher(BatchConfig(config.batch_max, config.batch_wait_ms))
@@ -58,6 +58,7 @@ class SpeechServer:
             ("grpc.max_send_message_length", self.config.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
+        await asyncio.to_thread(self.registry.prepare_default)
         server = grpc.aio.server(options=opts)
         state = self.config.state_path
         try:

@@ -14,7 +14,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051  # 0 = pick a free port (the bound one is logged and returned)
     model_store: Path = Path("models")
-    default_model: str | None = None  # None: "base-en" when shipped, else the store's only model
+    default_model: str | None = None  # what requests without config.model get; None: whisper-tiny-en, else base-en
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_streams: int = 64  # concurrent recognitions; more get RESOURCE_EXHAUSTED

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import grpc
 
+from speechadapt.asr.store import fsync_dir
+
 DATA_URI = "data://"
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 MAX_MANIFEST_LINES = 1_000_000
@@ -59,14 +61,6 @@ def check_sha(sha: str, what: str = "sha256") -> str:
     if not _SHA.match(s):
         raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, f"{what} {sha!r} is not a sha256: use 64 hex digits")
     return s
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256_file(path: Path) -> str:
@@ -158,7 +152,7 @@ class DataStore:
             with open(part, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(part, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
             return written, True
 
     # -- manifests

@@ -29,9 +29,8 @@ Key = tuple[str, int, str]
 
 
 def model_bytes(model: AsrModel) -> int:
-    """Memory a loaded model holds: its parameters and buffers."""
-    net = model.net
-    return sum(t.numel() * t.element_size() for t in list(net.parameters()) + list(net.buffers()))
+    """Memory a loaded model holds (its weights)."""
+    return model.memory_bytes()
 
 
 @dataclass
@@ -42,10 +41,11 @@ class _Entry:
 
 class ModelRegistry:
     def __init__(self, store_root: Path, default_model: str | None = None, device: str = "cpu",
-                 memory_budget_bytes: int = 1024 * 1024 * 1024):
+                 memory_budget_bytes: int = 1024 * 1024 * 1024, threads: int = 0):
         self.store = ModelStore(store_root)
         self.default_model = default_model
         self.device = device
+        self.threads = threads
         self.memory_budget_bytes = memory_budget_bytes
         self._loaded: OrderedDict[Key, _Entry] = OrderedDict()  # least recently requested first
         self._unloaded: weakref.WeakValueDictionary[Key, AsrModel] = weakref.WeakValueDictionary()
@@ -54,18 +54,29 @@ class ModelRegistry:
         self.loads = 0  # models read from disk (a reload after eviction counts again)
         self.evictions = 0
 
+    def prepare_default(self) -> str:
+        """Pin the default model for the server's life (a store that gains models never changes it): the one
+        configured, else whisper-tiny-en (built from the bundled weights on first start), else base-en."""
+        if not self.default_model:
+            from speechadapt.asr.importers import DEFAULT_WHISPER, ensure_default_whisper
+
+            try:
+                has_whisper = ensure_default_whisper(self.store.root)
+            except Exception as e:  # noqa: BLE001 - a broken bundled model must not stop base-en from serving
+                log.error("cannot build %s from the bundled weights: %s", DEFAULT_WHISPER, e)
+                has_whisper = False
+            self.default_model = DEFAULT_WHISPER if has_whisper else BUILTIN_DEFAULT
+        log.info("default model: %s", self.default_model)
+        return self.default_model
+
     def default_ref(self) -> str:
         if self.default_model:
             return self.default_model
-        own = [n for n in self.store.names() if any(r.source == "store" for r in self.store.versions(n))]
-        if len(own) == 1:  # a store with one model of its own serves it by default
-            return own[0]
-        if self.store.versions(BUILTIN_DEFAULT):  # else the shipped base model
+        if self.store.versions(BUILTIN_DEFAULT):
             return BUILTIN_DEFAULT
-        names = self.store.names()
         raise ModelNotFound(
             "no default model: name one in config.model, or start the server with --default-model "
-            f"(available: {', '.join(names) or 'none'})"
+            f"(available: {', '.join(self.store.names()) or 'none'})"
         )
 
     def resolve(self, ref: str) -> ModelRef:
@@ -87,7 +98,7 @@ class ModelRegistry:
             model = self._unloaded.pop(key, None)  # unloaded but still serving a stream: take it back
             fresh = model is None
             if fresh:
-                model = load_model(ref.path, device=self.device)
+                model = load_model(ref.path, device=self.device, threads=self.threads)
                 model.ref = ref
                 self.loads += 1
             entry = _Entry(model, model_bytes(model))

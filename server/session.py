@@ -8,8 +8,7 @@ from concurrent.futures import Executor
 import numpy as np
 from google.protobuf.duration_pb2 import Duration
 
-from speechadapt.asr import AsrModel, Hypothesis, Stream
-from speechadapt.asr.beam import parse_phrases
+from speechadapt.asr import AsrModel, Hypothesis
 from speechadapt.asr.streaming import decode_streams
 from speechadapt.server.audio_input import AudioInput
 from speechadapt.server.batcher import Batcher
@@ -51,11 +50,11 @@ class RecognitionSession:
         Chunks go through `batcher` (shared forward passes) when given, else one by one on `executor`."""
         self.model, self.opts, self.executor, self.batcher = model, opts, executor, batcher
         try:
-            self.phrases = parse_phrases(opts.contexts, model.tokenizer)
+            self.phrases = model.parse_phrases(opts.contexts)
         except ValueError as e:
             raise InvalidRequest(f"config.speech_contexts: {e}") from e
         self.input = AudioInput(opts)
-        self.stream: Stream | None = None
+        self.stream = None  # the model's stream object (speechadapt.asr.streaming.Stream or WhisperStream)
         self.done = False
         self.finals = 0
         self._last_interim = ""
@@ -68,7 +67,7 @@ class RecognitionSession:
 
     def accept_samples(self, samples: np.ndarray, rate: int | None = None) -> None:
         if self.stream is None and (rate or self.input.ready):
-            self.stream = Stream(self.model, rate or self.input.rate, self.opts.endpoint)
+            self.stream = self.model.new_stream(rate or self.input.rate, self.opts.endpoint, self.phrases)
         if self.stream is not None and len(samples):
             self.stream.accept_waveform(samples)
 
@@ -115,7 +114,7 @@ class RecognitionSession:
                     pb.StreamingRecognitionResult(
                         alternatives=[alternative(hyp, False)],
                         is_final=False,
-                        stability=common_prefix_ratio(self._last_interim, hyp.text),
+                        stability=s.stability() if hasattr(s, "stability") else common_prefix_ratio(self._last_interim, hyp.text),
                         result_start_offset=duration(hyp.start),
                         result_end_offset=duration(hyp.end),
                     )

@@ -81,7 +81,7 @@ class ServerThread:
 
 @pytest.fixture(scope="session")
 def server(tiny):
-    srv = ServerThread(model_store=tiny.store)
+    srv = ServerThread(model_store=tiny.store, default_model="tiny")
     yield srv
     srv.stop()
 
@@ -93,6 +93,7 @@ def make_server(tiny):
 
     def make(**config):
         config.setdefault("model_store", tiny.store)
+        config.setdefault("default_model", "tiny")
         srv = ServerThread(**config)
         started.append(srv)
         return srv

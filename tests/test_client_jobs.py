@@ -380,7 +380,7 @@ def real_server(tiny, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("adaptation-server")
     shutil.copytree(tiny.store / "tiny", root / "store" / "tiny", ignore=shutil.ignore_patterns(".*"))
-    srv = ServerThread(model_store=root / "store", state_dir=root / "state", ray_num_cpus=2)
+    srv = ServerThread(model_store=root / "store", state_dir=root / "state", ray_num_cpus=2, default_model="tiny")
     srv.store_dir = root / "store"
     yield srv
     srv.stop()

@@ -120,7 +120,7 @@ def _final(server, samples, rate, **cfg):
 @pytest.fixture
 def base_server(tmp_path):
     """A server with an empty store: the shipped base-en model serves."""
-    srv = ServerThread(model_store=tmp_path / "empty")
+    srv = ServerThread(model_store=tmp_path / "empty", default_model="base-en")
     yield srv
     srv.stop()
 

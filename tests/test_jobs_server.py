@@ -472,7 +472,7 @@ def ray_server(tiny, scot, tmp_path_factory):
     root = tmp_path_factory.mktemp("rayjobs")
     store, state = root / "store", root / "state"
     shutil.copytree(tiny.store, store)
-    holder = {"srv": ServerThread(model_store=store, state_dir=state, ray_num_cpus=2)}
+    holder = {"srv": ServerThread(model_store=store, state_dir=state, ray_num_cpus=2, default_model="tiny")}
     with grpc.insecure_channel(holder["srv"].address) as ch:
         stub = apb_grpc.AdaptationStub(ch)
         uris = {k: upload_manifest(stub, p, f"{k}.jsonl").manifest_uri for k, p in scot.items()}
@@ -581,7 +581,7 @@ def test_job_survives_a_server_restart(ray_server):
                   max_source_regression=1.0)  # cheap: this test is about finishing, not about the gain
     _wait_for_training(srv, job.id)
     srv.stop()  # stops following and the owned Ray head: the Ray job dies with it
-    holder["srv"] = srv = ServerThread(model_store=store, state_dir=state, ray_num_cpus=2)
+    holder["srv"] = srv = ServerThread(model_store=store, state_dir=state, ray_num_cpus=2, default_model="tiny")
     events = _watch(srv, job.id)
     done = _get(srv, job.id)
     assert done.state == apb.SUCCEEDED, done.reason

@@ -83,7 +83,7 @@ async def _stream(address: str, audio: np.ndarray, chunk_ms: int = 100) -> list[
 
 
 def test_fifty_concurrent_streams_complete_correctly_and_share_batches(tmp_path, sentences):
-    srv = ServerThread(model_store=tmp_path / "store", max_streams=64, batch_max=32, batch_wait_ms=10)
+    srv = ServerThread(model_store=tmp_path / "store", max_streams=64, batch_max=32, batch_wait_ms=10, default_model="base-en")
     try:
         expected = [srv.call(_stream(srv.address, a)) for a in sentences]  # one at a time
         assert all(e and any(e) for e in expected)

@@ -72,6 +72,7 @@ BASELINE_FILE = "baseline.json"
 SUMMARY_FILE = "train_summary.json"
 CANDIDATE = "candidate"
 TRAIN_RUN = "train"  # the Ray Train run folder in RUN_DIR
+from speechadapt.asr.store import fsync_dir, store_versions
 from speechadapt.training.pretrain import CHECKPOINT_FILE  # one checkpoint layout for both jobs
 FAULT_MARKER = ".fault-injected"
 SOURCE_DEV_UTTERANCES = 60  # synthesized when the base model names no readable source dev set
@@ -128,14 +129,6 @@ def parse_events(text: str) -> list[dict]:
 # Files
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_json_atomic(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -144,7 +137,7 @@ def write_json_atomic(path: Path, obj) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def read_json(path: Path) -> dict | None:
@@ -644,15 +637,11 @@ def decide(metrics: dict, max_source_regression: float) -> Decision:
                           f"(limit +{100 * max_source_regression:.1f} points)")
 
 
-def _versions(folder: Path) -> list[int]:
-    return sorted(int(d.name) for d in folder.iterdir() if d.is_dir() and d.name.isdigit()) if folder.is_dir() else []
-
-
 def find_published(store: Path, name: str, run_dir: Path) -> int:
     """The version this run already published (lineage.run == run_dir), or 0."""
     from speechadapt.asr.package import CARD
 
-    for v in _versions(store / name):
+    for v in store_versions(store / name):
         card = read_json(store / name / str(v) / CARD)
         if card and (card.get("lineage") or {}).get("run") == str(run_dir):
             return v
@@ -660,36 +649,12 @@ def find_published(store: Path, name: str, run_dir: Path) -> int:
 
 
 def publish(store: Path, name: str, net, tokenizer, features, **card) -> int:
-    """Write a package as STORE/<name>/<N>/, N = 1 + the highest version there: into a temp folder in
-    STORE/<name>/, fsynced, then renamed onto a freshly reserved (empty, card-less: invisible) folder N; a
-    version taken meanwhile moves on to N+1. Returns N."""
+    """Write a package as STORE/<name>/<N>/ atomically (speechadapt.asr.store.publish). Returns N."""
     from speechadapt.asr.package import save_package
+    from speechadapt.asr.store import publish as publish_package
 
-    folder = store / name
-    folder.mkdir(parents=True, exist_ok=True)
-    version = (_versions(folder) or [0])[-1] + 1
-    for _ in range(1000):
-        target = folder / str(version)
-        try:
-            os.mkdir(target)  # reserve N (atomic); empty and without model.json the store ignores it
-        except FileExistsError:
-            version += 1
-            continue
-        tmp = folder / f".publish-{version}-{uuid.uuid4().hex[:8]}"
-        try:
-            save_package(tmp, net, tokenizer, features, name=name, version=version, **card)
-            _fsync_dir(tmp)
-            os.rename(tmp, target)  # replaces the empty reservation in one step
-            _fsync_dir(folder)
-            return version
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            try:
-                os.rmdir(target)  # only while still the empty reservation
-            except OSError:
-                pass
-            raise
-    raise RuntimeError(f"could not find a free version folder in {folder}")
+    return publish_package(store, name, lambda tmp, version: save_package(
+        tmp, net, tokenizer, features, name=name, version=version, **card))
 
 
 def write_report(report_dir: Path, content: dict, history: list[dict], base_target_wer: float) -> None:

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from speechadapt.asr.store import fsync_dir
+
 if TYPE_CHECKING:
     from speechadapt.training.loop import TrainConfig
 
@@ -517,14 +519,6 @@ def _quiet_reports(level: str) -> None:
 # Export
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def export_package(out: Path, net, tokenizer, features, *, overwrite: bool = False, **card):
     """`save_package` into a temp sibling of `out`, fsync, then rename it into place: readers of `out` see
     nothing or a whole package. An existing package is replaced only with `overwrite`."""
@@ -536,7 +530,7 @@ def export_package(out: Path, net, tokenizer, features, *, overwrite: bool = Fal
     old = None
     try:
         result = save_package(tmp, net, tokenizer, features, **card)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if out.exists():
             if out.is_dir() and not any(out.iterdir()):
                 out.rmdir()
@@ -546,7 +540,7 @@ def export_package(out: Path, net, tokenizer, features, *, overwrite: bool = Fal
             else:
                 raise FileExistsError(f"{out} already exists (set overwrite=true to replace it)")
         os.rename(tmp, out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
