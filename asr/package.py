@@ -117,6 +117,12 @@ def load_package(folder: str | Path, device: str = "cpu") -> tuple[ModelCard, Co
     return card, net.to(device).eval(), CharTokenizer.from_dict(card.tokenizer), FeatureConfig.from_dict(card.features)
 
 
+def data_tokenizer(card: ModelCard) -> CharTokenizer | None:
+    """The tokenizer whose alphabet job data must be written in: a character model's; None for models that
+    write any text (Whisper's byte-level BPE)."""
+    return CharTokenizer.from_dict(card.tokenizer) if card.tokenizer.get("type") == "char" else None
+
+
 def read_lexicon(folder: str | Path, card: ModelCard) -> list[str] | None:
     """The package's lexicon (verified with the rest by `load_package`), or None when it has none."""
     if LEXICON not in card.files:

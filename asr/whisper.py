@@ -288,7 +288,9 @@ class WhisperModel:
         nbest = max(1, nbest)
         results = self.runtime.generate(
             sv, tokens, beam_size=max(beam_size, nbest), num_hypotheses=nbest, return_scores=True,
-            return_no_speech_prob=True, max_length=448 - max(len(t) for t in tokens), suppress_blank=True,
+            return_no_speech_prob=True, suppress_blank=True,
+            # at most ~8 tokens per second of audio: a decoder that loops stops there, not at 448 tokens
+            max_length=min(448 - max(len(t) for t in tokens), 16 + int(8 * max(len(w) for w in windows) / SAMPLE_RATE)),
             length_penalty=1.0,
         )
         out: list[list[Hypothesis]] = []

@@ -493,8 +493,7 @@ class AdaptationService(pb_grpc.AdaptationServicer):
 
     async def SubmitJob(self, request, context):
         from speechadapt.asr import ModelNotFound
-        from speechadapt.asr.package import PackageError, read_card
-        from speechadapt.asr.text import CharTokenizer
+        from speechadapt.asr.package import PackageError, data_tokenizer, read_card
 
         if not request.HasField("spec"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "spec is missing: give a JobSpec with at least name, "
@@ -505,7 +504,7 @@ class AdaptationService(pb_grpc.AdaptationServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _listing("invalid job spec", e.problems))
         try:
             base = self.registry.resolve(spec.base_model)
-            tokenizer = CharTokenizer.from_dict(read_card(base.path).tokenizer)
+            tokenizer = data_tokenizer(read_card(base.path))
         except ModelNotFound as e:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"base_model: {e.args[0]}")
         except PackageError as e:

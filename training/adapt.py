@@ -348,6 +348,7 @@ class TrainJob:
     max_failures: int = 2
     log_level: str = "WARNING"
     speed_factors: tuple[float, ...] = (0.9, 1.1)
+    architecture: str = "conformer-ctc"  # the base package's: picks the worker loop (`worker_loop_for`)
 
     def schedule(self) -> dict:
         """steps_per_epoch, total_steps, eval_every, warmup_steps: the same on every rank and every attempt."""
@@ -561,6 +562,24 @@ def _worker_loop(config: dict) -> dict | None:
             "schedule": schedule, "history": trainer.history}
 
 
+def worker_loop_for(architecture: str):
+    """The Ray Train worker loop that adapts a base of this architecture."""
+    if architecture == "whisper":
+        from speechadapt.training.whisper_train import worker_loop
+
+        return worker_loop
+    return _worker_loop
+
+
+def _learning_rate(spec, architecture: str) -> float:
+    """The spec's learning rate, else the strategy's default for the architecture."""
+    if spec.learning_rate is None and architecture == "whisper":
+        from speechadapt.training.whisper_train import DEFAULT_LR
+
+        return DEFAULT_LR[spec.strategy]
+    return spec.lr
+
+
 def run_training(job: TrainJob, ray_address: str | None) -> dict:
     """Fit the TorchTrainer (resuming a run in RUN_DIR/train); returns rank 0's summary.
 
@@ -585,7 +604,7 @@ def run_training(job: TrainJob, ray_address: str | None) -> dict:
         use_gpu = job.gpus_per_worker > 0
         resources = {"CPU": job.cpus_per_worker, **({"GPU": job.gpus_per_worker} if use_gpu else {})}
         trainer = TorchTrainer(
-            _worker_loop,
+            worker_loop_for(job.architecture),
             train_loop_config={"job": job},
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
             scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=use_gpu, resources_per_worker=resources),
@@ -657,6 +676,25 @@ def publish(store: Path, name: str, net, tokenizer, features, **card) -> int:
         tmp, net, tokenizer, features, name=name, version=version, **card))
 
 
+def publish_candidate(store: Path, name: str, candidate_dir: Path, **updates) -> int:
+    """Publish the candidate package (any architecture) as STORE/<name>/<N>/: its files copied, its card
+    renamed and updated (`updates`: description, lineage, metrics...). Atomic (speechadapt.asr.store.publish)."""
+    from speechadapt.asr.package import read_card, write_card
+    from speechadapt.asr.store import publish as publish_package
+
+    card = read_card(candidate_dir)
+
+    def write(tmp: Path, version: int) -> None:
+        tmp.mkdir(parents=True)
+        for f in card.files:
+            shutil.copyfile(candidate_dir / f, tmp / f)
+        fields_ = {k: v for k, v in asdict(card).items() if k not in ("files", "created")}
+        fields_.update(updates, name=name, version=version)
+        write_card(tmp, list(card.files), **fields_)
+
+    return publish_package(store, name, write)
+
+
 def write_report(report_dir: Path, content: dict, history: list[dict], base_target_wer: float) -> None:
     """metrics.json and training.png (loss and dev WER over steps), each written atomically."""
     write_json_atomic(report_dir / "metrics.json", content)
@@ -670,7 +708,7 @@ def write_report(report_dir: Path, content: dict, history: list[dict], base_targ
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    ax.plot([h["step"] for h in train], [h["loss"] for h in train], color="tab:blue", label="train loss (CTC)")
+    ax.plot([h["step"] for h in train], [h["loss"] for h in train], color="tab:blue", label="train loss")
     ax.set_xlabel("step")
     ax.set_ylabel("train loss", color="tab:blue")
     ax2 = ax.twinx()
@@ -748,9 +786,8 @@ def _load_spec(path: Path):
 def run_job(args: JobArgs) -> int:
     """All phases; returns the exit code (events on stdout)."""
     from speechadapt.asr.manifest import check_job_data, read_manifest
-    from speechadapt.asr.package import PackageError, read_card
+    from speechadapt.asr.package import PackageError, data_tokenizer, read_card
     from speechadapt.asr.store import ModelNotFound, resolve_path_or_ref
-    from speechadapt.asr.text import CharTokenizer
 
     run_dir, store = args.run_dir, args.store
     job_id = args.job_id or run_dir.name
@@ -766,7 +803,7 @@ def run_job(args: JobArgs) -> int:
     try:
         ref = resolve_path_or_ref(spec.base_model, store)
         card = read_card(ref.path)
-        tokenizer = CharTokenizer.from_dict(card.tokenizer)
+        tokenizer = data_tokenizer(card)
     except (ModelNotFound, PackageError, ValueError) as e:
         raise JobInputError([f"base_model {spec.base_model!r}: {e}"]) from None
     problems = check_job_data(spec, tokenizer)
@@ -776,7 +813,7 @@ def run_job(args: JobArgs) -> int:
     state = JobContext(base_ref=str(ref), base_path=str(ref.path.absolute()))
     from speechadapt.asr.package import read_lexicon
 
-    domain = source_domain(card.lineage, read_lexicon(ref.path, card))
+    domain = source_domain(card.lineage, read_lexicon(ref.path, card) if tokenizer is not None else None)
     state.domain = domain.as_dict()
     emit(event("validate", message=f"data ok: {target_utterances} target train utterances; base {ref}"))
 
@@ -804,7 +841,8 @@ def run_job(args: JobArgs) -> int:
     job = TrainJob(
         base_path=state.base_path, strategy=spec.strategy, train_manifest=spec.train_manifest,
         dev_manifest=spec.dev_manifest, replay_manifest="", run_dir=str(run_dir.absolute()),
-        source_replay=spec.source_replay, batch_size=spec.batch_size, lr=spec.lr, augment=spec.augment,
+        source_replay=spec.source_replay, batch_size=spec.batch_size, lr=_learning_rate(spec, card.architecture),
+        augment=spec.augment, architecture=card.architecture,
         max_epochs=spec.max_epochs, max_minutes=spec.max_minutes, workers=spec.workers,
         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=spec.gpus_per_worker, seed=spec.seed,
         target_utterances=target_utterances, fail_at_step=int(fail_at) if fail_at.isdigit() else 0)
@@ -815,7 +853,7 @@ def run_job(args: JobArgs) -> int:
     summary = read_json(run_dir / SUMMARY_FILE)
     if summary is None or not (run_dir / CANDIDATE / "model.json").is_file():
         emit(event("train", total_steps=job.schedule()["total_steps"], message=f"starting Ray Train: {spec.workers} "
-                   f"workers, {spec.strategy}, lr {spec.lr:g}, up to {spec.max_epochs} epochs / {spec.max_minutes:g} min"))
+                   f"workers, {spec.strategy}, lr {job.lr:g}, up to {spec.max_epochs} epochs / {spec.max_minutes:g} min"))
         summary = run_training(job, args.ray_address)
         write_json_atomic(run_dir / SUMMARY_FILE, summary)
     state.training = summary
@@ -858,10 +896,9 @@ def run_job(args: JobArgs) -> int:
                 "software": f"torch {torch.__version__}, ray {package_version('ray')}",
                 "history": [h for h in history if h.get("event") != "train"],
             }
-            version = publish(store, spec.name, candidate.net, candidate.tokenizer, candidate.features,
-                              lexicon=candidate.lexicon, decoding=candidate.card.decoding,
+            version = publish_candidate(store, spec.name, run_dir / CANDIDATE,
                               description=f"{spec.strategy} adaptation of {state.base_ref} (job {job_id})",
-                              language=candidate.card.language, lineage=lineage,
+                              lineage=lineage,
                               metrics={"dev_wer": at, "source_dev_wer": as_, "base_dev_wer": metrics["base_target_wer"],
                                        "base_source_dev_wer": metrics["base_source_wer"], "relatedness": metrics["relatedness"]})
         emit(event("publish", message=f"published {spec.name}@{version}"))
