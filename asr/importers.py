@@ -81,6 +81,9 @@ def read_ct2(path: Path) -> tuple[str, dict[str, np.ndarray]]:
             nbytes = take("<I")
             if dtype not in CT2_DTYPES:
                 raise ImportError_(f"{path}: variable {name} has an unknown dtype code {dtype}")
+            if off + nbytes > len(data):
+                raise ImportError_(f"{path} is truncated: variable {name} needs {nbytes} bytes at offset {off}, "
+                                   f"the file has {len(data)}")
             arr = np.frombuffer(data, CT2_DTYPES[dtype], nbytes // np.dtype(CT2_DTYPES[dtype]).itemsize, off)
             off += nbytes
             out[name] = arr.reshape(shape) if shape else arr.reshape(())
@@ -89,7 +92,9 @@ def read_ct2(path: Path) -> tuple[str, dict[str, np.ndarray]]:
                 alias, target = string(), string()
                 if target in out:
                     out[alias] = out[target]
-    except struct.error as e:
+    except ImportError_:
+        raise
+    except (struct.error, ValueError) as e:  # short header, bad UTF-8 name, shape that does not fit its bytes
         raise ImportError_(f"{path} is truncated or not a CTranslate2 model.bin ({e})") from e
     return spec, out
 
@@ -236,8 +241,9 @@ def openai_to_hf_name(name: str) -> str:
     return f"model.{side}.{rest}"
 
 
-def from_openai(path: Path, tokenizer: Path | None) -> Imported:
-    ckpt = _torch_weights(path, whole=True)
+def from_openai(path: Path, tokenizer: Path | None, ckpt=None) -> Imported:
+    """`ckpt`: the file as `_torch_weights` read it (read here when None)."""
+    ckpt = _torch_weights(path, whole=True) if ckpt is None else ckpt
     if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
         raise ImportError_(f"{path} is not an openai-whisper checkpoint (a dict with 'dims' and 'model_state_dict')")
     dims = ckpt["dims"]
@@ -318,7 +324,7 @@ def read_source(source: str, tokenizer: str | None = None, kind: str | None = No
     if fmt in ("torch", "openai-whisper", "torchaudio-wav2vec2"):
         ckpt = _torch_weights(Path(source), whole=True)
         if isinstance(ckpt, dict) and "dims" in ckpt:
-            return from_openai(Path(source), Path(tokenizer) if tokenizer else None)
+            return from_openai(Path(source), Path(tokenizer) if tokenizer else None, ckpt)  # read once: may be GBs
         from speechadapt.asr.wav2vec2 import from_torchaudio
 
         return from_torchaudio(Path(source), ckpt, Path(labels) if labels else None)
@@ -340,14 +346,27 @@ def import_model(source: str, name: str, store: Path, *, tokenizer: str | None =
         if isinstance(src, Imported):
             from speechadapt.asr.whisper import build_torch, save_whisper_package
 
-            build_torch(src.hparams, dict(src.state))  # strict: a state dict that does not fit is refused here
+            try:  # strict: a state dict that does not fit is refused here
+                build_torch(src.hparams, dict(src.state))
+            except RuntimeError as e:  # torch's size mismatch
+                raise ImportError_(f"{source}: weights do not fit the Whisper architecture its config describes: "
+                                   f"{' '.join(str(e).split())[:300]}") from e
             save_whisper_package(tmp, src.state, src.hparams, src.tokenizer_file, name=name, version=version,
                                  description=description or src.description, lineage=src.lineage, decoding=decoding)
         else:
-            write_w2v(tmp, src, name=name, version=version, description=description)
+            write_w2v(tmp, src, name=name, version=version, description=description, decoding=decoding)
         check_package(tmp)
 
-    version = publish(store, name, write)
+    created = [p for p in (store / name, store) if not p.exists()]
+    try:
+        version = publish(store, name, write)
+    except BaseException:
+        for p in created:  # publish made STORE/<name> (and STORE) for the temp folder: leave no empty folders
+            try:
+                p.rmdir()
+            except OSError:
+                pass
+        raise
     return store / name / str(version)
 
 

@@ -18,6 +18,7 @@ from speechadapt.asr.store import ModelRef, resolve_path_or_ref
 from speechadapt.asr.text import CharTokenizer
 
 WHISPER = "whisper"
+WAV2VEC2 = "wav2vec2-ctc"
 
 
 @dataclass
@@ -95,7 +96,8 @@ def load_model(ref: str | Path, store: str | Path | None = None, device: str = "
 
     Every architecture gives an object with the same calls (`name`, `card`, `sample_rate`, `recognize`,
     `transcribe`, `transcribe_file`, `new_stream`, `parse_phrases`, `memory_bytes`): `AsrModel` for the
-    conformer-CTC, `speechadapt.asr.whisper.WhisperModel` for Whisper."""
+    conformer-CTC, `speechadapt.asr.whisper.WhisperModel` for Whisper, `speechadapt.asr.wav2vec2.Wav2Vec2Model`
+    for wav2vec2 / HuBERT CTC."""
     mref = resolve_path_or_ref(str(ref), store)
     card = read_card(mref.path)
     if card.architecture == WHISPER:
@@ -103,5 +105,10 @@ def load_model(ref: str | Path, store: str | Path | None = None, device: str = "
 
         verify(mref.path, card)
         return load_whisper(mref.path, card, mref, threads)
+    if card.architecture == WAV2VEC2:
+        from speechadapt.asr.wav2vec2 import load_wav2vec2
+
+        verify(mref.path, card)
+        return load_wav2vec2(mref.path, card, mref, device)
     card, net, tok, feats = load_package(mref.path, device=device)
     return AsrModel(card, net, tok, feats, mref, read_lexicon(mref.path, card))
