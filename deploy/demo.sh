@@ -88,7 +88,7 @@ stop_stray_head
 rm -rf "$STORE" "$STATE" "$DATA" "$DEMO_DIR"/job.*
 mkdir -p "$STORE" "$DATA"
 
-echo "== 1. starting the server (empty model store: the shipped base-en model serves) =="
+echo "== 1. starting the server (empty model store: the default whisper-tiny-en, built from the bundled weights, and the shipped base-en serve) =="
 "$SA" serve --host 127.0.0.1 --port 0 --model-store "$STORE" --state-dir "$STATE" >"$LOG" 2>&1 &
 SERVER=$!
 
@@ -113,6 +113,22 @@ done
 echo
 echo "server at $ADDR (log: $LOG)"
 "$SA" models list --server "$ADDR"
+
+echo
+echo "== 2b. real human speech, streamed to the default model =="
+SHARED="$(cd "$(dirname "$0")/.." && pwd)/../shared/data"
+if [ -d "$SHARED" ]; then
+  for f in ljspeech_coqui_subset/wavs/LJ001-0001.wav misc_single_utterances/audio/jfk.flac; do
+    [ -f "$SHARED/$f" ] || continue
+    REF=$("$PY" -c 'import json,sys,pathlib; p=pathlib.Path(sys.argv[1]); m=p.parent.parent/"manifest.jsonl"
+print(next((json.loads(l)["text"] for l in m.read_text().splitlines() if json.loads(l)["audio"].endswith(p.name)), "?"))' "$SHARED/$f")
+    echo "  $f"
+    echo "    reference:        $REF"
+    echo "    whisper-tiny-en:  $("$SA" transcribe --server "$ADDR" --realtime "$SHARED/$f" | sed 's/^\[[^]]*\] //' | tr '\n' ' ')"
+  done
+else
+  echo "  (../shared/data is absent: no human recordings to stream)"
+fi
 
 cat >"$DEMO_DIR/job.yaml" <<EOF
 # written by deploy/demo.sh
