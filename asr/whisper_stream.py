@@ -21,6 +21,9 @@ from speechadapt.asr.streaming import EndpointConfig, VadTracker
 from speechadapt.asr.whisper import SAMPLE_RATE, Prompt, WhisperModel, shift
 
 
+LEAD_KEEP = SAMPLE_RATE // 2  # non-speech kept before an utterance's first speech (0.5 s)
+
+
 def _words(text: str) -> list[str]:
     return text.split()
 
@@ -63,6 +66,9 @@ class WhisperStream:
         if len(samples):
             self._vad.accept(samples)
             self._utt = np.concatenate([self._utt, samples.astype(np.float32)])
+            if not self.heard_speech and len(self._utt) > LEAD_KEEP + self._step:
+                drop = len(self._utt) - LEAD_KEEP  # leading non-speech: keep only the last LEAD_KEEP samples
+                self._utt, self._start = self._utt[drop:], self._start + drop
 
     @property
     def audio_seconds(self) -> float:

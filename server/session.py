@@ -94,19 +94,24 @@ class RecognitionSession:
         if s is None:
             return out
         loop = asyncio.get_running_loop()
-        while s.is_ready():
-            if self.batcher is not None:
-                await self.batcher.decode(s)
-            else:
-                await loop.run_in_executor(self.executor, decode_streams, [s])
+        while True:
+            # endpoints are checked before every decode too: a stream whose endpoint comes from the audio itself
+            # (webrtcvad, for window models) ends its utterance without waiting for another interim decode
             if s.is_endpoint():
                 out.append(self._final(await self._final_hypotheses()))
                 s.reset()
                 if self.opts.single_utterance:
                     self.done = True
                     return out
-            elif s.is_idle():
+                continue
+            if s.is_idle():
                 s.reset()
+            if not s.is_ready():
+                break
+            if self.batcher is not None:
+                await self.batcher.decode(s)
+            else:
+                await loop.run_in_executor(self.executor, decode_streams, [s])
         if self.opts.interim_results:
             hyp = s.result()
             if hyp.text and hyp.text != self._last_interim:
