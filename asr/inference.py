@@ -77,8 +77,9 @@ class AsrModel:
         """speech_contexts -> phrases for the beam search. Raises ValueError naming every bad phrase."""
         return parse_phrases(contexts, self.tokenizer)
 
-    def new_stream(self, input_rate: int, endpoint, phrases: tuple[Phrase, ...] = ()):
-        """A stream (interim results greedy; pass `phrases` to its `final_result`)."""
+    def new_stream(self, input_rate: int, endpoint, phrases: tuple[Phrase, ...] = (), interim: bool = True):
+        """A stream (interim results greedy; pass `phrases` to its `final_result`). Every chunk is decoded
+        whether or not interim results are wanted: the endpointer reads the decoder's output."""
         from speechadapt.asr.streaming import Stream
 
         return Stream(self, input_rate, endpoint)

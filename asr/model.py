@@ -18,7 +18,7 @@ from speechbrain.lobes.models.transformer.TransformerASR import make_transformer
 from speechbrain.nnet.attention import RelPosEncXL
 from speechbrain.utils.dynamic_chunk_training import DynChunkTrainConfig
 
-ARCHITECTURE = "conformer-ctc"
+from speechadapt.asr.package import ARCHITECTURE  # noqa: F401 - the conformer-CTC package architecture
 
 
 @dataclass(frozen=True)

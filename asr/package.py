@@ -12,12 +12,15 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from safetensors.torch import load_file, save_file
-
-from speechadapt.asr.features import FeatureConfig
-from speechadapt.asr.model import ARCHITECTURE, ConformerCTC, ModelConfig
 from speechadapt.asr.text import CharTokenizer
+
+if TYPE_CHECKING:  # torch and speechbrain load only when weights do: cards, stores and publishing stay light
+    from speechadapt.asr.features import FeatureConfig
+    from speechadapt.asr.model import ConformerCTC
+
+ARCHITECTURE = "conformer-ctc"
 
 FORMAT_VERSION = 1
 CARD = "model.json"
@@ -100,6 +103,11 @@ def verify(folder: Path, card: ModelCard) -> None:
 
 
 def load_package(folder: str | Path, device: str = "cpu") -> tuple[ModelCard, ConformerCTC, CharTokenizer, FeatureConfig]:
+    from safetensors.torch import load_file
+
+    from speechadapt.asr.features import FeatureConfig
+    from speechadapt.asr.model import ConformerCTC, ModelConfig
+
     folder = Path(folder)
     card = read_card(folder)
     if card.architecture != ARCHITECTURE:
@@ -158,6 +166,8 @@ def save_package(
     decoding: dict | None = None,
 ) -> ModelCard:
     """Write a package into `folder` (created; must not hold another package). Files are fsynced."""
+    from safetensors.torch import save_file
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}

@@ -333,12 +333,12 @@ class Wav2Vec2Model:
 
         return self.transcribe(load_audio(path, SAMPLE_RATE))
 
-    def new_stream(self, input_rate: int, endpoint, phrases: tuple[Phrase, ...] = ()):
+    def new_stream(self, input_rate: int, endpoint, phrases: tuple[Phrase, ...] = (), interim: bool = True):
         """A stream that re-decodes the growing utterance (`WhisperStream`); `phrases` apply to every decode."""
         from speechadapt.asr.whisper_stream import WhisperStream
 
         stream = WhisperStream(self, input_rate, endpoint)
-        stream.prompt = tuple(phrases) or None
+        stream.prompt, stream.interim = tuple(phrases) or None, interim
         return stream
 
 

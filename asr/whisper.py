@@ -58,6 +58,9 @@ class WhisperDecoding:
     compute_type: str = "int8"  # CTranslate2 compute type: int8, float32, int8_float32...
     interim_step_s: float = 1.0  # streaming: re-decode the growing utterance after this much new audio
     max_utterance_s: float = 28.0  # streaming: an utterance never outgrows Whisper's window
+    # silence put before every window: Whisper misreads speech that starts at its first frame (FSDD digits,
+    # trimmed tight: 53% WER without, 30% with 0.3 s; bench/real_speech.py)
+    lead_pad_s: float = 0.3
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -257,12 +260,13 @@ class WhisperModel:
     def parse_phrases(self, contexts) -> Prompt:
         return parse_prompt(contexts)
 
-    def new_stream(self, input_rate: int, endpoint, phrases: Prompt | None = None):
-        """A stream; `phrases` (speech_contexts) prompt its interim decodes too."""
+    def new_stream(self, input_rate: int, endpoint, phrases: Prompt | None = None, interim: bool = True):
+        """A stream; `phrases` (speech_contexts) prompt its interim decodes too; without `interim` results it
+        decodes only at endpoints."""
         from speechadapt.asr.whisper_stream import WhisperStream
 
         stream = WhisperStream(self, input_rate, endpoint)
-        stream.prompt = phrases
+        stream.prompt, stream.interim = phrases, interim
         return stream
 
     def _prompt_tokens(self, prompt: Prompt | None) -> list[int]:
@@ -281,6 +285,10 @@ class WhisperModel:
 
         if not windows:
             return []
+        lead = np.zeros(int(self.decoding.lead_pad_s * SAMPLE_RATE), np.float32)
+        pad_s = len(lead) / SAMPLE_RATE
+        seconds = [len(w) / SAMPLE_RATE for w in windows]
+        windows = [np.concatenate([lead, np.asarray(w, np.float32)]) for w in windows]
         frames = max(window_frames(len(w) / SAMPLE_RATE, self.decoding) for w in windows)
         feats = np.stack([self.mel(w, frames) for w in windows])
         sv = ctranslate2.StorageView.from_array(feats)
@@ -295,25 +303,24 @@ class WhisperModel:
         )
         out: list[list[Hypothesis]] = []
         for i, r in enumerate(results):
-            seconds = len(windows[i]) / SAMPLE_RATE
             # as openai-whisper: silence when <|nospeech|> is likely and the text is not (mean log-prob < -1)
             if r.no_speech_prob > self.decoding.no_speech_threshold and r.scores[0] < -1.0:
-                out.append([Hypothesis("", (), 0.0, 0.0, seconds)])
+                out.append([Hypothesis("", (), 0.0, 0.0, seconds[i])])
                 continue
             hyps = []
             for ids, score in zip(r.sequences_ids, r.scores):
                 ids = [t for t in ids if t < self.eot]
                 conf = float(np.exp(score)) if score <= 0 else 1.0
-                hyps.append(Hypothesis(self.tokenizer.decode(ids).strip(), (), conf, 0.0, seconds))
+                hyps.append(Hypothesis(self.tokenizer.decode(ids).strip(), (), conf, 0.0, seconds[i]))
             out.append(hyps)
         if words:
             for i, r in enumerate(results):
                 if out[i][0].text:
                     ids = [t for t in r.sequences_ids[0] if t < self.eot]
-                    out[i][0] = self._with_words(out[i][0], feats[i: i + 1], tokens[i], ids, frames)
+                    out[i][0] = self._with_words(out[i][0], feats[i: i + 1], ids, frames, pad_s)
         return out
 
-    def _with_words(self, hyp: Hypothesis, feats: np.ndarray, prompt: list[int], ids: list[int], frames: int) -> Hypothesis:
+    def _with_words(self, hyp: Hypothesis, feats: np.ndarray, ids: list[int], frames: int, pad_s: float) -> Hypothesis:
         """Word times from the alignment heads' cross-attention (as openai-whisper's `find_alignment`)."""
         import ctranslate2
 
@@ -323,7 +330,7 @@ class WhisperModel:
         times = [[] for _ in range(n)]
         for t_idx, f_idx in res.alignments:
             if 0 <= t_idx < n:
-                times[t_idx].append(f_idx * FRAME_SECONDS)
+                times[t_idx].append(max(0.0, f_idx * FRAME_SECONDS - pad_s))
         probs = list(res.text_token_probs) + [0.0] * n
         words, cur = [], []
 

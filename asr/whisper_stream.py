@@ -43,6 +43,7 @@ class WhisperStream:
         self._committed: list[str] = []
         self._text = ""
         self.prompt: Prompt | None = None
+        self.interim = True  # False: no interim decodes at all (finals only, at endpoints)
         self.finished = False
         self.samples_in = 0
         step = model.decoding.interim_step_s
@@ -80,8 +81,9 @@ class WhisperStream:
 
     # -- decoding
     def is_ready(self) -> bool:
-        """Enough new audio for another interim decode (only once speech was heard)."""
-        if not self.heard_speech or len(self._utt) == 0:
+        """Enough new audio for another interim decode (only once speech was heard, only when interim results
+        are wanted, never after the input ended: the final decodes the utterance itself)."""
+        if not self.interim or self.finished or not self.heard_speech or len(self._utt) == 0:
             return False
         new = len(self._utt) - self._decoded
         return new >= self._step or (self.finished and new > 0)

@@ -911,7 +911,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-summary", metavar="PATH", help="training corpus summary.json, when the card lacks it")
     p.add_argument("--no-real", action="store_true", help="skip the real speech of ../shared/data")
     p.add_argument("--no-pocketsphinx", action="store_true", help="skip pocketsphinx")
-    p.add_argument("--model", default="", metavar="REF", help="model to request (default: the server's default)")
+    p.add_argument("--model", default="base-en", metavar="REF",
+                   help="model to request, and the started server's default (default: base-en; "
+                        "bench/real_speech.py measures whisper-tiny-en)")
     p.add_argument("--model-store", default=None, metavar="DIR",
                    help="the server's model store (default: an empty one in --workdir, so the shipped base-en serves)")
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",

@@ -67,7 +67,8 @@ class RecognitionSession:
 
     def accept_samples(self, samples: np.ndarray, rate: int | None = None) -> None:
         if self.stream is None and (rate or self.input.ready):
-            self.stream = self.model.new_stream(rate or self.input.rate, self.opts.endpoint, self.phrases)
+            self.stream = self.model.new_stream(rate or self.input.rate, self.opts.endpoint, self.phrases,
+                                                interim=self.opts.interim_results)
         if self.stream is not None and len(samples):
             self.stream.accept_waveform(samples)
 

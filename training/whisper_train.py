@@ -62,7 +62,9 @@ def label_ids(tokenizer, text: str, start: list[int], eot: int) -> list[int]:
     return start[1:] + ids + [eot]  # the decoder input is <|startoftranscript|> + these, shifted
 
 
-def load_examples(manifest: str, mel, tokenizer, start, eot, encoder=None) -> list[WhisperExample]:
+def load_examples(manifest: str, mel, tokenizer, start, eot, encoder=None, lead_pad_s: float = 0.0) -> list[WhisperExample]:
+    """A manifest's utterances as the served model sees them: `lead_pad_s` of silence first, a 30 s window."""
+    import numpy as np
     import torch
 
     from speechadapt.asr.audio import load_audio
@@ -72,6 +74,7 @@ def load_examples(manifest: str, mel, tokenizer, start, eot, encoder=None) -> li
     out = []
     for u in read_manifest(manifest):
         x = load_audio(u.audio, SAMPLE_RATE)
+        x = np.concatenate([np.zeros(int(lead_pad_s * SAMPLE_RATE), np.float32), x])
         feats = torch.from_numpy(mel(x, WINDOW_FRAMES))
         encoded = None
         if encoder is not None:
@@ -137,8 +140,8 @@ def worker_loop(config: dict) -> dict | None:
 
     from speechadapt.asr.evaluation import error_rates
     from speechadapt.asr.package import read_card
-    from speechadapt.asr.whisper import (HOP, SAMPLE_RATE, TOKENIZER, WINDOW_FRAMES, LogMel, build_torch, load_state,
-                                         save_whisper_package, state_for_package)
+    from speechadapt.asr.whisper import (HOP, SAMPLE_RATE, TOKENIZER, WINDOW_FRAMES, LogMel, WhisperDecoding, build_torch,
+                                         load_state, save_whisper_package, state_for_package)
     from speechadapt.training.adapt import CANDIDATE, LOG_EVERY, emit, event
     from speechadapt.training.pretrain import _quiet_reports
 
@@ -170,7 +173,8 @@ def worker_loop(config: dict) -> dict | None:
     start = [sot, nots]
     mel = LogMel(card.hparams.get("num_mel_bins", 80))
     encoder = net.model.encoder if job.strategy == "head" else None
-    load = lambda m: load_examples(m, mel, tok, start, eot, encoder)  # noqa: E731
+    lead = WhisperDecoding.from_dict(card.decoding).lead_pad_s
+    load = lambda m: load_examples(m, mel, tok, start, eot, encoder, lead)  # noqa: E731
     train, dev = load(job.train_manifest), load(job.dev_manifest)
     replay = load(job.replay_manifest) if job.replay_manifest else []
     model, trained, total_params, lora_rank = prepare(net, job.strategy)
