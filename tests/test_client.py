@@ -137,7 +137,7 @@ def test_cli_eval_json(tiny):
 
 def test_cli_serve_starts_a_real_server(tiny, two_utterances):
     path, refs = two_utterances
-    proc = subprocess.Popen(SA + ["serve", "--port", "0", "--model-store", str(tiny.store)],
+    proc = subprocess.Popen(SA + ["serve", "--port", "0", "--model-store", str(tiny.store), "--default-model", "tiny"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = ""

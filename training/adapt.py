@@ -57,12 +57,13 @@ import random
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+from speechadapt.asr.store import fsync_dir, store_versions
 
 EVENT_MARKER = "@@speechadapt-event "
 PHASES = ("validate", "baseline", "train", "evaluate", "publish", "result", "error")
@@ -72,8 +73,6 @@ BASELINE_FILE = "baseline.json"
 SUMMARY_FILE = "train_summary.json"
 CANDIDATE = "candidate"
 TRAIN_RUN = "train"  # the Ray Train run folder in RUN_DIR
-from speechadapt.asr.store import fsync_dir, store_versions
-from speechadapt.training.pretrain import CHECKPOINT_FILE  # one checkpoint layout for both jobs
 FAULT_MARKER = ".fault-injected"
 SOURCE_DEV_UTTERANCES = 60  # synthesized when the base model names no readable source dev set
 SOURCE_DEV_MAX = 100  # taken from a named source dev manifest
@@ -438,11 +437,11 @@ def _worker_loop(config: dict) -> dict | None:
     import torch.distributed as dist
     import ray.train
     import ray.train.torch
-    from ray.train import Checkpoint
 
     from speechadapt.asr.beam import BeamConfig, BeamDecoder
     from speechadapt.training.loop import Trainer, lr_at
-    from speechadapt.training.pretrain import _quiet_reports, export_package, restore_checkpoint
+    from speechadapt.training.pretrain import (_quiet_reports, export_package, rank_gather, report_checkpoint,
+                                               restore_checkpoint)
     from speechadapt.training.strategies import merge
 
     job: TrainJob = config["job"]
@@ -453,12 +452,7 @@ def _worker_loop(config: dict) -> dict | None:
     _quiet_reports(job.log_level)
     run_dir = Path(job.run_dir)
 
-    def gather(obj) -> list:
-        if not distributed:
-            return [obj]
-        out = [None] * world
-        dist.all_gather_object(out, obj)
-        return out
+    gather = rank_gather(world)
 
     def say(**kw) -> None:
         if rank == 0:
@@ -532,17 +526,8 @@ def _worker_loop(config: dict) -> dict | None:
         say(step=step, total_steps=total, loss=loss, dev_wer=wer, eta_s=0.0 if out_of_time else eta,
             message=f"target dev WER {wer:.1%} (best {trainer.best_wer:.1%} at step {meta['best_step']})")
         rng_states = gather({"gen": trainer.gen.get_state(), "torch": torch.get_rng_state()})
-        name = f"checkpoint-{step:07d}"
         metrics = {"step": step, "loss": _finite(loss), "dev_wer": wer, "best_dev_wer": trainer.best_wer}
-        if rank == 0:
-            folder = Path(tempfile.mkdtemp(prefix="sa-adapt-ckpt-"))
-            try:
-                torch.save({"trainer": trainer.state_dict(), "rng": rng_states, "meta": meta}, folder / CHECKPOINT_FILE)
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(folder)), checkpoint_dir_name=name)
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
-        else:
-            ray.train.report(metrics, checkpoint_dir_name=name)
+        report_checkpoint(rank, metrics, step, {"trainer": trainer.state_dict(), "rng": rng_states, "meta": meta})
         if out_of_time:
             say(step=step, total_steps=total, message=f"time budget of {job.max_minutes:g} min used up at step {step}")
             break

@@ -329,7 +329,6 @@ def _worker_loop(config: dict) -> dict | None:
     import ray
     import ray.train
     import ray.train.torch
-    from ray.train import Checkpoint
 
     from speechadapt.asr.beam import BeamDecoder
     from speechadapt.asr.model import ConformerCTC
@@ -351,13 +350,7 @@ def _worker_loop(config: dict) -> dict | None:
             sys.stdout.write(f"[pretrain] {msg}\n")
             sys.stdout.flush()
 
-    def gather(obj) -> list:
-        if not distributed:
-            return [obj]
-        out = [None] * world
-        dist.all_gather_object(out, obj)
-        return out
-
+    gather = rank_gather(world)
     t_start = time.monotonic()
     torch.manual_seed(tc.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
     tokenizer = CharTokenizer()
@@ -420,18 +413,9 @@ def _worker_loop(config: dict) -> dict | None:
         log(f"step {step}/{tc.max_steps}  loss {loss:.3f}  dev WER {wer:.1%} (best {trainer.best_wer:.1%})  {train_seconds:.0f} s")
         rng_states = gather({"gen": trainer.gen.get_state(), "torch": torch.get_rng_state()})
         metrics = {**event, "best_dev_wer": trainer.best_wer, "restarts": meta["restarts"]}
-        name = f"checkpoint-{step:07d}"
-        if rank == 0:
-            folder = Path(tempfile.mkdtemp(prefix="sa-ckpt-"))
-            try:
-                torch.save({"trainer": trainer.state_dict(), "rng": rng_states, "meta": meta}, folder / CHECKPOINT_FILE)
-                (folder / "progress.json").write_text(json.dumps({"step": step, "best_dev_wer": trainer.best_wer, **meta,
-                                                                  "history": trainer.history}, indent=1) + "\n")
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(folder)), checkpoint_dir_name=name)
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
-        else:
-            ray.train.report(metrics, checkpoint_dir_name=name)
+        report_checkpoint(rank, metrics, step, {"trainer": trainer.state_dict(), "rng": rng_states, "meta": meta},
+                          {"progress.json": json.dumps({"step": step, "best_dev_wer": trainer.best_wer, **meta,
+                                                        "history": trainer.history}, indent=1) + "\n"})
         if out_of_time:
             log(f"time budget of {tc.max_minutes} min used up at step {step}")
             break
@@ -478,6 +462,44 @@ def _worker_loop(config: dict) -> dict | None:
     return {"out": cfg.out, "dev_wer": trainer.best_wer, "best_step": meta["best_step"], "steps": trainer.step_no,
             "workers": world, "wall_seconds": round(wall, 1), "restarts": meta["restarts"],
             "resumed_from_steps": meta["resumed_from_steps"], "history": trainer.history}
+
+
+def rank_gather(world: int):
+    """`gather(obj) -> [obj of every rank]` (all_gather_object under DDP, else `[obj]`)."""
+    import torch.distributed as dist
+
+    distributed = world > 1 and dist.is_available() and dist.is_initialized()
+
+    def gather(obj) -> list:
+        if not distributed:
+            return [obj]
+        out = [None] * world
+        dist.all_gather_object(out, obj)
+        return out
+
+    return gather
+
+
+def report_checkpoint(rank: int, metrics: dict, step: int, payload: dict, extra_files: dict | None = None,
+                      filename: str = CHECKPOINT_FILE) -> None:
+    """`ray.train.report` at `step`: rank 0 saves `payload` (torch.save) and `extra_files` (name -> text) as the
+    checkpoint; the other ranks report their metrics only."""
+    import ray.train
+    import torch
+    from ray.train import Checkpoint
+
+    name = f"checkpoint-{step:07d}"
+    if rank != 0:
+        ray.train.report(metrics, checkpoint_dir_name=name)
+        return
+    folder = Path(tempfile.mkdtemp(prefix="sa-ckpt-"))
+    try:
+        torch.save(payload, folder / filename)
+        for fname, text in (extra_files or {}).items():
+            (folder / fname).write_text(text)
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(folder)), checkpoint_dir_name=name)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def restore_checkpoint(trainer, rank: int, world: int) -> dict | None:

@@ -129,13 +129,11 @@ def greedy_texts(net, examples: list[WhisperExample], start: list[int], eot: int
 def worker_loop(config: dict) -> dict | None:
     """Ray Train worker for a Whisper base (see training/adapt.py `_worker_loop` for the CTC one)."""
     import shutil
-    import tempfile
 
     import ray.train
     import ray.train.torch
     import torch
     import torch.distributed as dist
-    from ray.train import Checkpoint
     from tokenizers import Tokenizer
 
     from speechadapt.asr.evaluation import error_rates
@@ -143,7 +141,7 @@ def worker_loop(config: dict) -> dict | None:
     from speechadapt.asr.whisper import (HOP, SAMPLE_RATE, TOKENIZER, WINDOW_FRAMES, LogMel, WhisperDecoding, build_torch,
                                          load_state, save_whisper_package, state_for_package)
     from speechadapt.training.adapt import CANDIDATE, LOG_EVERY, emit, event
-    from speechadapt.training.pretrain import _quiet_reports
+    from speechadapt.training.pretrain import CHECKPOINT_FILE, _quiet_reports, rank_gather, report_checkpoint
 
     job = config["job"]
     ctx = ray.train.get_context()
@@ -156,12 +154,7 @@ def worker_loop(config: dict) -> dict | None:
         if rank == 0:
             emit(event("train", **kw))
 
-    def gather(obj) -> list:
-        if not distributed:
-            return [obj]
-        out = [None] * world
-        dist.all_gather_object(out, obj)
-        return out
+    gather = rank_gather(world)
 
     t_load = time.monotonic()
     base = Path(job.base_path)
@@ -198,7 +191,7 @@ def worker_loop(config: dict) -> dict | None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            saved = torch.load(Path(d) / "whisper.pt", map_location="cpu", weights_only=True)
+            saved = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(saved["trainable"], strict=False)
         opt.load_state_dict(saved["optimizer"])
         step, best_wer, best_step, history = saved["step"], saved["best_wer"], saved["best_step"], saved["history"]
@@ -257,18 +250,9 @@ def worker_loop(config: dict) -> dict | None:
         say(step=step, total_steps=total, loss=loss, dev_wer=wer,
             message=f"target dev WER {wer:.1%} (greedy; best {best_wer:.1%} at step {best_step})")
         metrics = {"step": step, "loss": loss, "dev_wer": wer, "best_dev_wer": best_wer}
-        name = f"checkpoint-{step:07d}"
-        if rank == 0:
-            folder = Path(tempfile.mkdtemp(prefix="sa-whisper-ckpt-"))
-            try:
-                torch.save({"trainable": trainable_state(), "optimizer": opt.state_dict(), "step": step, "best_wer": best_wer,
-                            "best_step": best_step, "best": best_state, "history": history, "meta": meta},
-                           folder / "whisper.pt")
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(folder)), checkpoint_dir_name=name)
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
-        else:
-            ray.train.report(metrics, checkpoint_dir_name=name)
+        report_checkpoint(rank, metrics, step, {
+            "trainable": trainable_state(), "optimizer": opt.state_dict(), "step": step, "best_wer": best_wer,
+            "best_step": best_step, "best": best_state, "history": history, "meta": meta})
         if out_of_time:
             say(step=step, total_steps=total, message=f"time budget of {job.max_minutes:g} min used up at step {step}")
             break
