@@ -60,20 +60,15 @@ class VadTracker:
         return self.silent_frames * 0.03
 
 
-class Stream:
-    def __init__(self, model: AsrModel, input_rate: int, endpoint: EndpointConfig = EndpointConfig()):
-        self.model = model
-        self.endpoint_config = endpoint
-        self._resampler = StreamingResampler(input_rate, model.sample_rate)
-        self._fbank = StreamingFbank(model.features)
-        self._pending = torch.zeros(0, model.features.n_mels)
-        self._context = model.net.make_context()
-        self._decoder = GreedyCTC(model.tokenizer, model.frame_seconds)
-        self._chunk = model.net.cfg.chunk_frames * model.net.cfg.stack  # fbank frames per chunk
-        self._vad = VadTracker(endpoint.vad, model.sample_rate) if endpoint.enabled and endpoint.vad is not None else None
-        self.finished = False
-        self.samples_in = 0  # at the input rate
+class AudioIn:
+    """The input side every stream kind shares: audio at the stream's rate, resampled to the model's, handed to
+    the kind's `_push`; `input_finished` flushes the resampler."""
+
+    def _init_input(self, input_rate: int, model_rate: int) -> None:
+        self._resampler = StreamingResampler(input_rate, model_rate)
         self.input_rate = input_rate
+        self.samples_in = 0  # at the input rate
+        self.finished = False
 
     def accept_waveform(self, samples: np.ndarray) -> None:
         """float32 mono samples at the stream's input rate."""
@@ -86,6 +81,26 @@ class Stream:
         if not self.finished:
             self._push(self._resampler.flush())
             self.finished = True
+
+    @property
+    def audio_seconds(self) -> float:
+        return self.samples_in / self.input_rate
+
+    def _push(self, samples: np.ndarray) -> None:
+        raise NotImplementedError
+
+
+class Stream(AudioIn):
+    def __init__(self, model: AsrModel, input_rate: int, endpoint: EndpointConfig = EndpointConfig()):
+        self.model = model
+        self.endpoint_config = endpoint
+        self._init_input(input_rate, model.sample_rate)
+        self._fbank = StreamingFbank(model.features)
+        self._pending = torch.zeros(0, model.features.n_mels)
+        self._context = model.net.make_context()
+        self._decoder = GreedyCTC(model.tokenizer, model.frame_seconds)
+        self._chunk = model.net.cfg.chunk_frames * model.net.cfg.stack  # fbank frames per chunk
+        self._vad = VadTracker(endpoint.vad, model.sample_rate) if endpoint.enabled and endpoint.vad is not None else None
 
     def _push(self, samples: np.ndarray) -> None:
         if len(samples) and self._vad is not None:
@@ -125,9 +140,6 @@ class Stream:
     def decode_batch(streams: list["Stream"]) -> int:
         return decode_ctc_streams(streams)
 
-    @property
-    def audio_seconds(self) -> float:
-        return self.samples_in / self.input_rate
 
     def result(self) -> Hypothesis:
         """The utterance so far, greedy (cheap: for partial results)."""

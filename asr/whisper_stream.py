@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from speechadapt.asr.audio import StreamingResampler
 from speechadapt.asr.decoding import Hypothesis
-from speechadapt.asr.streaming import EndpointConfig, VadTracker
+from speechadapt.asr.streaming import AudioIn, EndpointConfig, VadTracker
 from speechadapt.asr.whisper import SAMPLE_RATE, Prompt, WhisperModel, shift
 
 
@@ -28,12 +27,11 @@ def _words(text: str) -> list[str]:
     return text.split()
 
 
-class WhisperStream:
+class WhisperStream(AudioIn):
     def __init__(self, model: WhisperModel, input_rate: int, endpoint: EndpointConfig = EndpointConfig()):
         self.model = model
         self.endpoint_config = endpoint
-        self.input_rate = input_rate
-        self._resampler = StreamingResampler(input_rate, SAMPLE_RATE)
+        self._init_input(input_rate, SAMPLE_RATE)
         self._vad_aggressiveness = endpoint.vad if endpoint.vad is not None else 2
         self._utt = np.zeros(0, np.float32)  # this utterance's audio
         self._start = 0  # samples (16 kHz) before this utterance
@@ -44,25 +42,12 @@ class WhisperStream:
         self._text = ""
         self.prompt: Prompt | None = None
         self.interim = True  # False: no interim decodes at all (finals only, at endpoints)
-        self.finished = False
-        self.samples_in = 0
         step = model.decoding.interim_step_s
         self._step = int(step * SAMPLE_RATE)
         longest = min(endpoint.max_utterance_ms / 1000, model.decoding.max_utterance_s)
         self._longest = int(longest * SAMPLE_RATE)
 
-    # -- input
-    def accept_waveform(self, samples: np.ndarray) -> None:
-        if self.finished:
-            raise RuntimeError("accept_waveform after input_finished")
-        self.samples_in += len(samples)
-        self._push(self._resampler.process(samples))
-
-    def input_finished(self) -> None:
-        if not self.finished:
-            self._push(self._resampler.flush())
-            self.finished = True
-
+    # -- input (accept_waveform, input_finished: AudioIn)
     def _push(self, samples: np.ndarray) -> None:
         if len(samples):
             self._vad.accept(samples)
@@ -70,10 +55,6 @@ class WhisperStream:
             if not self.heard_speech and len(self._utt) > LEAD_KEEP + self._step:
                 drop = len(self._utt) - LEAD_KEEP  # leading non-speech: keep only the last LEAD_KEEP samples
                 self._utt, self._start = self._utt[drop:], self._start + drop
-
-    @property
-    def audio_seconds(self) -> float:
-        return self.samples_in / self.input_rate
 
     @property
     def heard_speech(self) -> bool:
