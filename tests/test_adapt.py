@@ -247,7 +247,7 @@ def test_check_job_data(tmp_path):
                    dev_manifest=str(small_dev), source_dev_manifest=str(tmp_path / "absent.jsonl"))
     problems = check_job_data(spec, CharTokenizer())
     assert len(problems) == 3, problems  # all at once: train too small, dev too small, source dev missing
-    assert problems[0].startswith("train_manifest") and "at least 10 utterances and 30 s" in problems[0]
+    assert problems[0].startswith("train_manifest") and "at least 10 utterances and 3 s" in problems[0]
     assert problems[1].startswith("dev_manifest") and "at least 5 utterances" in problems[1]
     assert problems[2].startswith("source_dev_manifest") and "no such file" in problems[2]
 
@@ -476,7 +476,7 @@ def test_stopped_job_resumes_survives_a_killed_worker_and_is_not_promoted(tmp_pa
 
     # 120 utterances / (6 x 2 workers) = 10 steps an epoch, 50 steps; dev WER + checkpoint every 10 steps
     spec = _spec(target, strategy="finetune", learning_rate=1.0, max_epochs=5, batch_size=6, augment=False,
-                 source_dev_manifest=str(tiny.dev_manifest))
+                 source_dev_manifest=str(tiny.dev_manifest), source_replay=0.0)
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     cmd = [sys.executable, "-m", "speechadapt.training.adapt", "--spec", str(tmp_path / "spec.json"), "--store", str(store),
            "--run-dir", str(tmp_path / "run"), "--job-id", "job-1"]
@@ -532,3 +532,20 @@ def test_stopped_job_resumes_survives_a_killed_worker_and_is_not_promoted(tmp_pa
     assert result["reason"].startswith(("negative transfer:", "forgetting:"))
     assert "publish" not in [e["phase"] for e in events] and sorted(p.name for p in store.iterdir()) == ["tiny"]
     assert json.loads((run_dir / "report" / "metrics.json").read_text())["decision"]["promoted"] is False
+
+
+def test_auto_defaults_follow_the_architecture_and_the_data_size():
+    from speechadapt.jobspec import JobSpec
+    from speechadapt.training.adapt import choose_defaults
+
+    spec = JobSpec(name="x", base_model="b", train_manifest="t", dev_manifest="d")
+    assert (spec.strategy, spec.source_replay) == ("auto", None)  # the four required keys only
+    ctc, notes = choose_defaults(spec, "conformer-ctc", 300)
+    assert (ctc.strategy, ctc.source_replay) == ("adapters", 0.5) and len(notes) == 2
+    small, _ = choose_defaults(spec, "whisper", 300)
+    big, _ = choose_defaults(spec, "whisper", 1200)
+    assert (small.strategy, small.source_replay, big.strategy) == ("head", 0.25, "adapters")
+    mine, notes = choose_defaults(JobSpec(name="x", base_model="b", train_manifest="t", dev_manifest="d",
+                                          strategy="finetune", source_replay=0.0), "whisper", 300)
+    assert (mine.strategy, mine.source_replay, notes) == ("finetune", 0.0, [])  # what the user set is kept
+    assert JobSpec.from_proto(spec.to_proto()) == spec  # auto survives the wire (unset fields)

@@ -262,3 +262,18 @@ def test_speechadapt_cli_exposes_pretrain():
                            "--set", "train.max_steps=7", "--print-config"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "max_steps: 7" in proc.stdout
+
+
+def test_checkpoints_that_forget_past_the_source_limit_are_never_kept():
+    """With a source dev set, an evaluation whose source WER is over the limit is not a candidate, whatever its
+    dev WER (an adaptation job's gate applied to every checkpoint); within the limit the best dev WER wins."""
+    t = _toy_trainer()
+    t.source_dev = t.dev_set[:2]
+    t.source_limit = -1.0  # no WER can be below it
+    for _ in range(3):
+        t.step()
+        t.evaluate()
+    assert t.best_state is None and t.best_wer == float("inf") and t.last_source_wer is not None
+    t.source_limit = float("inf")
+    wer = t.evaluate()
+    assert t.best_state is not None and t.best_wer == wer

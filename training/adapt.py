@@ -347,6 +347,9 @@ class TrainJob:
     max_failures: int = 2
     log_level: str = "WARNING"
     speed_factors: tuple[float, ...] = (0.9, 1.1)
+    source_dev_manifest: str = ""  # checked at every evaluation: checkpoints past `source_limit` are not kept
+    source_limit: float = float("inf")  # base source dev WER + max_source_regression
+    max_source_regression: float = 0.02
     architecture: str = "conformer-ctc"  # the base package's: picks the worker loop (`worker_loop_for`)
 
     def schedule(self) -> dict:
@@ -400,6 +403,41 @@ def _load_examples(manifest: str, tokenizer, features, speed_factors=()) -> list
             x = samples if factor == 1.0 else speed_perturb(samples, features.sample_rate, factor)
             out.append(Example(fbank(x, features), targets, text))
     return out
+
+
+def source_note(source_wer: float | None, limit: float) -> str:
+    """', source dev WER 12.0% (within the limit 14.0%)' for a train event message; '' when not measured."""
+    if source_wer is None:
+        return ""
+    return f", source dev WER {source_wer:.1%} ({'within' if source_wer <= limit + 1e-9 else 'over'} the limit {limit:.1%})"
+
+
+def best_note(best_wer: float, best_step: int) -> str:
+    return f" (best {best_wer:.1%} at step {best_step})" if math.isfinite(best_wer) else \
+        " (no checkpoint within the source limit yet)"
+
+
+def choose_defaults(spec, architecture: str, target_seconds: float):
+    """The job's `auto` settings made concrete: (spec, notes saying what was chosen and why).
+
+    strategy: conformer-CTC bases train LoRA adapters at every size (the best of the three at 1-10 minutes in
+    bench/transfer_curve.py); Whisper bases train the decoder (`head`, the encoder frozen) below 10 minutes of
+    target audio and LoRA adapters above. source_replay: 0.5 of each batch (conformer-CTC), 0.25 (Whisper)."""
+    notes = []
+    strategy, replay = spec.strategy, spec.source_replay
+    minutes = target_seconds / 60
+    if strategy == "auto":
+        if architecture == "whisper":
+            strategy = "head" if minutes < 10 else "adapters"
+            why = f"a Whisper base with {minutes:.1f} min of target audio: " + (
+                "the decoder only, the encoder kept" if strategy == "head" else "LoRA on the attention projections")
+        else:
+            strategy, why = "adapters", f"a {architecture} base: LoRA adapters, the best at every size measured"
+        notes.append(f"strategy auto -> {strategy} ({why})")
+    if replay is None:
+        replay = 0.25 if architecture == "whisper" else 0.5
+        notes.append(f"source_replay auto -> {replay:g} of each batch from the source domain")
+    return replace(spec, strategy=strategy, source_replay=replay), notes
 
 
 def _finite(x: float, digits: int = 4) -> float | None:
@@ -470,8 +508,10 @@ def _worker_loop(config: dict) -> dict | None:
     decoding = _lexicon_for(job.base_path, train)
     decoder = None if decoding["lexicon"] is None else \
         BeamDecoder(tokenizer, decoding["lexicon"], BeamConfig.from_dict(decoding["decoding"] or {}))
+    source_dev = _load_examples(job.source_dev_manifest, tokenizer, features) if job.source_dev_manifest else []
     trainer = Trainer(tc, net, tokenizer, train, dev, model=model, rank=rank, world_size=world,
-                      param_groups=plan.param_groups, replay=replay, decoder=decoder, gather=gather)
+                      param_groups=plan.param_groups, replay=replay, decoder=decoder, gather=gather,
+                      source_dev=source_dev, source_limit=job.source_limit)
     torch.manual_seed(job.seed + 1009 * (rank + 1))  # per-rank dropout and SpecAugment streams
     trainer.gen.manual_seed(job.seed + 1009 * (rank + 1))
     say(total_steps=total, message=f"{world} workers: {job.target_utterances} target utterances"
@@ -517,14 +557,17 @@ def _worker_loop(config: dict) -> dict | None:
             continue
         previous_best = trainer.best_wer
         wer = trainer.evaluate()
-        if wer < previous_best:
+        if trainer.best_wer < previous_best:  # this checkpoint was kept (better, and within the source limit)
             meta["best_step"] = step
         meta["train_seconds"] = train_seconds
         ev = {"event": "eval", "step": step, "loss": _finite(loss), "dev_wer": wer, "best_dev_wer": trainer.best_wer,
               "elapsed_s": round(train_seconds, 1)}
         trainer.history.append(ev)
+        src = trainer.last_source_wer
+        if src is not None:
+            ev["source_dev_wer"] = src
         say(step=step, total_steps=total, loss=loss, dev_wer=wer, eta_s=0.0 if out_of_time else eta,
-            message=f"target dev WER {wer:.1%} (best {trainer.best_wer:.1%} at step {meta['best_step']})")
+            message=f"target dev WER {wer:.1%}" + (source_note(src, job.source_limit)) + best_note(trainer.best_wer, meta["best_step"]))
         rng_states = gather({"gen": trainer.gen.get_state(), "torch": torch.get_rng_state()})
         metrics = {"step": step, "loss": _finite(loss), "dev_wer": wer, "best_dev_wer": trainer.best_wer}
         report_checkpoint(rank, metrics, step, {"trainer": trainer.state_dict(), "rng": rng_states, "meta": meta})
@@ -770,7 +813,7 @@ def _load_spec(path: Path):
 
 def run_job(args: JobArgs) -> int:
     """All phases; returns the exit code (events on stdout)."""
-    from speechadapt.asr.manifest import check_job_data, read_manifest
+    from speechadapt.asr.manifest import check_job_data, check_manifest, read_manifest
     from speechadapt.asr.package import PackageError, data_tokenizer, read_card
     from speechadapt.asr.store import ModelNotFound, resolve_path_or_ref
 
@@ -795,6 +838,9 @@ def run_job(args: JobArgs) -> int:
     if problems:
         raise JobInputError(problems)
     target_utterances = len(read_manifest(spec.train_manifest))
+    spec, chosen = choose_defaults(spec, card.architecture, check_manifest(spec.train_manifest, tokenizer).seconds)
+    for note in chosen:
+        emit(event("validate", message=note))
     state = JobContext(base_ref=str(ref), base_path=str(ref.path.absolute()))
     from speechadapt.asr.package import read_lexicon
 
@@ -830,7 +876,10 @@ def run_job(args: JobArgs) -> int:
         augment=spec.augment, architecture=card.architecture,
         max_epochs=spec.max_epochs, max_minutes=spec.max_minutes, workers=spec.workers,
         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=spec.gpus_per_worker, seed=spec.seed,
-        target_utterances=target_utterances, fail_at_step=int(fail_at) if fail_at.isdigit() else 0)
+        target_utterances=target_utterances, fail_at_step=int(fail_at) if fail_at.isdigit() else 0,
+        source_dev_manifest=state.source_dev,
+        source_limit=baseline["base_source_wer"] + spec.max_source_regression,
+        max_source_regression=spec.max_source_regression)
     if spec.source_replay > 0:
         replay, origin = replay_manifest(spec, domain, run_dir, target_utterances)
         job = replace(job, replay_manifest=str(replay))

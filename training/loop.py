@@ -175,15 +175,21 @@ class Trainer:
     resumed run draws the same ones); the train set fills the rest.
 
     `decoder`: how dev hypotheses are decoded (default greedy); give the model's serving decoder (beam search
-    over its lexicon) so that the best checkpoint is the best as served. `gather(obj) -> [obj of every rank]`
+    over its lexicon) so that the best checkpoint is the best as served. `source_dev` and `source_limit`: the
+    best checkpoint is then the lowest dev WER among the evaluations whose WER on `source_dev` is at most
+    `source_limit` (an adaptation job's forgetting gate, applied to every checkpoint: early stopping on the
+    source domain); `last_source_wer` holds the latest. `gather(obj) -> [obj of every rank]`
     (e.g. `torch.distributed.all_gather_object`): with it, each rank decodes dev[rank::world_size] and all
     ranks get the same corpus WER; without it every rank decodes the whole dev set."""
 
     def __init__(self, cfg: TrainConfig, net: ConformerCTC, tokenizer: CharTokenizer, train: list[Example], dev: list[Example],
                  *, model: torch.nn.Module | None = None, rank: int = 0, world_size: int = 1,
                  param_groups: list[dict] | None = None, replay: list[Example] | None = None,
-                 decoder: BeamDecoder | None = None, gather: Callable[[object], list] | None = None):
+                 decoder: BeamDecoder | None = None, gather: Callable[[object], list] | None = None,
+                 source_dev: list[Example] | None = None, source_limit: float = float("inf")):
         self.cfg, self.net, self.tokenizer, self.train_set, self.dev_set = cfg, net, tokenizer, train, dev
+        self.source_dev, self.source_limit = list(source_dev or []), source_limit
+        self.last_source_wer: float | None = None
         self.decoder, self.gather = decoder, gather
         self.last_cer = float("nan")
         self.model = net if model is None else model
@@ -242,21 +248,29 @@ class Trainer:
         self.step_no += 1
         return float(loss.detach())
 
-    def dev_wer(self) -> float:
-        """Corpus WER on the dev set (its CER goes to `last_cer`), shared out over the ranks with `gather`."""
-        refs = [e.text for e in self.dev_set]
+    def _error_rates(self, examples: list[Example]) -> tuple[float, float]:
+        """Corpus (WER, CER) on `examples`, shared out over the ranks with `gather`."""
+        refs = [e.text for e in examples]
         if self.gather is None or self.world_size == 1:
-            hyps = transcribe_examples(self.net, self.dev_set, self.tokenizer, self.decoder)
+            hyps = transcribe_examples(self.net, examples, self.tokenizer, self.decoder)
         else:
-            mine = list(range(self.rank, len(self.dev_set), self.world_size))
-            part = transcribe_examples(self.net, [self.dev_set[i] for i in mine], self.tokenizer, self.decoder)
+            mine = list(range(self.rank, len(examples), self.world_size))
+            part = transcribe_examples(self.net, [examples[i] for i in mine], self.tokenizer, self.decoder)
             by_index = dict(pair for got in self.gather(list(zip(mine, part))) for pair in got)
-            hyps = [by_index[i] for i in range(len(self.dev_set))]
-        wer, self.last_cer = error_rates(refs, hyps)
+            hyps = [by_index[i] for i in range(len(examples))]
+        return error_rates(refs, hyps)
+
+    def dev_wer(self) -> float:
+        """Corpus WER on the dev set (its CER goes to `last_cer`)."""
+        wer, self.last_cer = self._error_rates(self.dev_set)
         return wer
 
     def evaluate(self) -> float:
         wer = self.dev_wer()
+        if self.source_dev:
+            self.last_source_wer = self._error_rates(self.source_dev)[0]
+            if self.last_source_wer > self.source_limit + 1e-9:
+                return wer  # forgets too much: not a candidate, whatever its dev WER
         if wer < self.best_wer:
             self.best_wer = wer
             self.best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}

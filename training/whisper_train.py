@@ -26,6 +26,7 @@ from pathlib import Path
 DEFAULT_LR = {"head": 2e-5, "finetune": 1e-5, "adapters": 5e-4}
 LORA_TARGETS = ("q_proj", "v_proj")
 MAX_LABEL_TOKENS = 440
+SOURCE_CHECK_UTTERANCES = 30  # source dev utterances decoded at every evaluation (greedy, in torch)
 
 
 @dataclass
@@ -140,7 +141,7 @@ def worker_loop(config: dict) -> dict | None:
     from speechadapt.asr.package import read_card
     from speechadapt.asr.whisper import (HOP, SAMPLE_RATE, TOKENIZER, WINDOW_FRAMES, LogMel, WhisperDecoding, build_torch,
                                          load_state, save_whisper_package, state_for_package)
-    from speechadapt.training.adapt import CANDIDATE, LOG_EVERY, emit, event
+    from speechadapt.training.adapt import CANDIDATE, LOG_EVERY, best_note, emit, event, source_note
     from speechadapt.training.pretrain import CHECKPOINT_FILE, _quiet_reports, rank_gather, report_checkpoint
 
     job = config["job"]
@@ -170,6 +171,7 @@ def worker_loop(config: dict) -> dict | None:
     load = lambda m: load_examples(m, mel, tok, start, eot, encoder, lead)  # noqa: E731
     train, dev = load(job.train_manifest), load(job.dev_manifest)
     replay = load(job.replay_manifest) if job.replay_manifest else []
+    source_dev = load(job.source_dev_manifest)[:SOURCE_CHECK_UTTERANCES] if job.source_dev_manifest else []
     model, trained, total_params, lora_rank = prepare(net, job.strategy)
     model.train()
     ddp = ray.train.torch.prepare_model(model) if world > 1 else model
@@ -182,6 +184,22 @@ def worker_loop(config: dict) -> dict | None:
     say(total_steps=total, message=f"{world} workers: {len(train)} target utterances, {len(dev)} dev, {len(replay)} replay; "
         f"whisper {job.strategy}: {trained:,} of {total_params:,} parameters trained"
         f"{f' (LoRA rank {lora_rank})' if lora_rank else ''}; loaded in {time.monotonic() - t_load:.1f} s")
+
+    def corpus_wer(examples: list[WhisperExample]) -> float:
+        """Greedy corpus WER, the examples shared out over the ranks."""
+        model.eval()
+        net_ = model.get_base_model() if hasattr(model, "get_base_model") else model
+        shard = examples[rank::world]
+        pairs = [p for part in gather(list(zip([e.text for e in shard], greedy_texts(net_, shard, start, eot, tok))))
+                 for p in part]
+        model.train()
+        return error_rates([r for r, _ in pairs], [h for _, h in pairs])[0]
+
+    # The source check compares like with like: this loop's greedy WER of the base itself, plus the gate's margin.
+    source_limit = corpus_wer(source_dev) + job.max_source_regression if source_dev else float("inf")
+    if source_dev:
+        say(total_steps=total, message=f"source check: {len(source_dev)} source dev utterances, base greedy WER "
+            f"{source_limit - job.max_source_regression:.1%}; checkpoints above {source_limit:.1%} are not kept")
 
     def trainable_state() -> dict:
         return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
@@ -235,20 +253,16 @@ def worker_loop(config: dict) -> dict | None:
         if not (evaluate or out_of_time):
             say(step=step, total_steps=total, loss=loss, message=f"lr {lr:.2g}")
             continue
-        model.eval()
-        base_net = model.get_base_model() if hasattr(model, "get_base_model") else model
-        shard = dev[rank::world]
-        pairs = [p for part in gather(list(zip([e.text for e in shard], greedy_texts(base_net, shard, start, eot, tok))))
-                 for p in part]
-        model.train()
-        wer = error_rates([r for r, _ in pairs], [h for _, h in pairs])[0]
-        if wer < best_wer:
+        wer = corpus_wer(dev)
+        src = corpus_wer(source_dev) if source_dev else None
+        within = src is None or src <= source_limit + 1e-9
+        if within and wer < best_wer:
             best_wer, best_step, best_state = wer, step, trainable_state()
         meta["train_seconds"] = train_seconds
         history.append({"event": "eval", "step": step, "loss": round(loss, 4), "dev_wer": wer, "best_dev_wer": best_wer,
-                        "elapsed_s": round(train_seconds, 1)})
+                        "elapsed_s": round(train_seconds, 1), **({"source_dev_wer": src} if src is not None else {})})
         say(step=step, total_steps=total, loss=loss, dev_wer=wer,
-            message=f"target dev WER {wer:.1%} (greedy; best {best_wer:.1%} at step {best_step})")
+            message=f"target dev WER {wer:.1%} (greedy){source_note(src, source_limit)}{best_note(best_wer, best_step)}")
         metrics = {"step": step, "loss": loss, "dev_wer": wer, "best_dev_wer": best_wer}
         report_checkpoint(rank, metrics, step, {
             "trainable": trainable_state(), "optimizer": opt.state_dict(), "step": step, "best_wer": best_wer,

@@ -11,8 +11,8 @@ YAML (only `name`, `base_model`, `train_manifest`, `dev_manifest` are required):
     base_model: base-en            # or base-en@1
     train_manifest: data/scot/train/manifest.jsonl   # a path the workers can read, or data://<sha256>
     dev_manifest: data/scot/dev/manifest.jsonl
-    strategy: adapters             # head | finetune | adapters
-    source_replay: 0.2
+    strategy: auto                 # auto (by architecture and data size) | head | finetune | adapters
+    source_replay: 0.2             # default: auto (0.5 of each batch for conformer-CTC bases, 0.25 for Whisper)
     max_epochs: 20
     max_minutes: 10
 """
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STRATEGIES = ("head", "finetune", "adapters")
+STRATEGIES = ("auto", "head", "finetune", "adapters")  # auto: chosen by the job (training.adapt.choose_defaults)
 DATA_URI = "data://"
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -49,8 +49,8 @@ class JobSpec:
     train_manifest: str
     dev_manifest: str
     source_dev_manifest: str = ""  # "": a held-back slice of the base model's source domain
-    strategy: str = "adapters"
-    source_replay: float = 0.0  # share of each batch drawn from source-domain utterances (against forgetting)
+    strategy: str = "auto"  # auto: chosen by the job from the base's architecture and the amount of target audio
+    source_replay: float | None = None  # share of each batch drawn from the source domain (against forgetting); None: auto
     max_epochs: int = 30
     max_minutes: float = 10.0
     learning_rate: float | None = None  # None: DEFAULT_LR[strategy]
@@ -120,13 +120,15 @@ class JobSpec:
         msg = pb.JobSpec(
             name=self.name, base_model=self.base_model, train_manifest=self.train_manifest,
             dev_manifest=self.dev_manifest, source_dev_manifest=self.source_dev_manifest,
-            strategy=pb.Strategy.Value(self.strategy.upper()) if self.strategy in STRATEGIES else 0,
-            source_replay=self.source_replay, max_epochs=self.max_epochs, max_minutes=self.max_minutes,
+            strategy=pb.Strategy.Value(self.strategy.upper()) if self.strategy in STRATEGIES[1:] else 0,
+            max_epochs=self.max_epochs, max_minutes=self.max_minutes,
             batch_size=self.batch_size, augment=self.augment, workers=self.workers,
             gpus_per_worker=self.gpus_per_worker, seed=self.seed, max_source_regression=self.max_source_regression,
         )
         if self.learning_rate is not None:
             msg.learning_rate = self.learning_rate
+        if self.source_replay is not None:
+            msg.source_replay = self.source_replay
         return msg
 
     @classmethod
@@ -166,7 +168,7 @@ class JobSpec:
                 p.append(f"{key} {v!r}: a data URI is data://<64 hex digits of sha256> (from UploadData)")
         if self.strategy not in STRATEGIES:
             p.append(f"strategy {self.strategy!r}: use one of {', '.join(STRATEGIES)}")
-        if not 0.0 <= self.source_replay < 1.0:
+        if self.source_replay is not None and not 0.0 <= self.source_replay < 1.0:
             p.append(f"source_replay {self.source_replay}: use a fraction in [0, 1)")
         if self.max_epochs < 1:
             p.append(f"max_epochs {self.max_epochs}: use at least 1")
