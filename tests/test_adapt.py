@@ -451,7 +451,13 @@ def test_adapters_job_publishes_a_better_version(tmp_path, store, target, tiny):
     assert len((run_dir / "source_dev" / "manifest.jsonl").read_text().splitlines()) == 60
     baseline = json.loads((run_dir / "baseline.json").read_text())
     assert baseline["base_target_wer"] == m["base_target_wer"]
+    # relatedness before training: WER ratio and feature distance, in the events and the report
+    rel = baseline["transfer"]
+    assert rel["ratio"] == m["relatedness"] and rel["feature_distance"] > 0 and rel["source_spread"] >= 0
+    assert any(e["phase"] == "baseline" and e["message"].startswith("relatedness ") and "feature distance" in e["message"]
+               for e in events)
     report = json.loads((run_dir / "report" / "metrics.json").read_text())
+    assert report["relatedness"] == rel
     assert report["decision"]["promoted"] and report["metrics"] == m and report["spec"]["name"] == "tiny-scottish"
     evals = [h["dev_wer"] for h in report["history"] if h.get("event") == "eval"]
     # the best checkpoint was picked with the serving decoder (beam search over the lexicon): the gate's WER

@@ -11,7 +11,9 @@ Phases, each announced on stdout as an event (below):
 1. validate: `check_job_data` against the base model's tokenizer. Problems: one `error` event listing them all
    (also under "problems"), exit 2. A bad spec or an unknown base model is also exit 2.
 2. baseline: the base model's WER on the target dev set and on a source dev set, relatedness = base source WER /
-   base target WER clipped to [0, 1]. Kept in RUN_DIR/baseline.json and reused when the command runs again.
+   base target WER clipped to [0, 1], a feature-statistics distance between target and source audio, and
+   warnings when the data is small or transfer likely negative (`relatedness.py`; `warning: ...` events, the
+   report's "relatedness"). Kept in RUN_DIR/baseline.json and reused when the command runs again.
    Source dev: `spec.source_dev_manifest`, else a held-back slice of the base model's source domain found
    through the base card's lineage: a readable source dev manifest named there (at most 100 utterances), else
    ~60 utterances synthesized with espeak-ng in the source voices and vocabulary into RUN_DIR/source_dev.
@@ -64,6 +66,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from speechadapt.asr.store import fsync_dir, store_versions
+from speechadapt.training import relatedness
 
 EVENT_MARKER = "@@speechadapt-event "
 PHASES = ("validate", "baseline", "train", "evaluate", "publish", "result", "error")
@@ -351,6 +354,8 @@ class TrainJob:
     source_limit: float = float("inf")  # base source dev WER + max_source_regression
     max_source_regression: float = 0.02
     architecture: str = "conformer-ctc"  # the base package's: picks the worker loop (`worker_loop_for`)
+    store: str = ""  # where the base (and an adapter base's own base) resolves
+    base_ref: str = ""  # "name@N" when the base is a stored model: adapter candidates name it as their base
 
     def schedule(self) -> dict:
         """steps_per_epoch, total_steps, eval_every, warmup_steps: the same on every rank and every attempt."""
@@ -838,7 +843,8 @@ def run_job(args: JobArgs) -> int:
     if problems:
         raise JobInputError(problems)
     target_utterances = len(read_manifest(spec.train_manifest))
-    spec, chosen = choose_defaults(spec, card.architecture, check_manifest(spec.train_manifest, tokenizer).seconds)
+    target_seconds = check_manifest(spec.train_manifest, tokenizer).seconds
+    spec, chosen = choose_defaults(spec, card.architecture, target_seconds)
     for note in chosen:
         emit(event("validate", message=note))
     state = JobContext(base_ref=str(ref), base_path=str(ref.path.absolute()))
@@ -852,20 +858,26 @@ def run_job(args: JobArgs) -> int:
     source_dev, state.source_dev_origin = source_dev_manifest(spec, domain, run_dir)
     state.source_dev = str(source_dev)
     emit(event("baseline", message=f"source dev set: {state.source_dev_origin}"))
-    key = {"base_model": state.base_ref, "base_path": state.base_path, "target_dev": spec.dev_manifest, "source_dev": state.source_dev}
+    key = {"base_model": state.base_ref, "base_path": state.base_path, "target_dev": spec.dev_manifest,
+           "target_train": spec.train_manifest, "source_dev": state.source_dev}
     baseline = read_json(run_dir / BASELINE_FILE)
-    if baseline is None or any(baseline.get(k) != v for k, v in key.items()):
+    if baseline is None or "transfer" not in baseline or any(baseline.get(k) != v for k, v in key.items()):
         from speechadapt.asr.inference import load_model
 
         base = load_model(ref.path)
         bt = _measure(base, Path(spec.dev_manifest), "baseline", "base model: target dev")
         bs = _measure(base, source_dev, "baseline", "base model: source dev")
-        baseline = {**key, "base_target_wer": bt, "base_source_wer": bs,
-                    "relatedness": 1.0 if bt <= 0 else min(1.0, max(0.0, bs / bt))}
+        rel = relatedness.measure(bt, bs, Path(spec.train_manifest), source_dev, target_seconds)
+        baseline = {**key, "base_target_wer": bt, "base_source_wer": bs, "relatedness": rel.ratio,
+                    "transfer": rel.to_dict()}
         write_json_atomic(run_dir / BASELINE_FILE, baseline)
     else:
         emit(event("baseline", dev_wer=baseline["base_target_wer"], message=f"reusing {run_dir / BASELINE_FILE}"))
     state.baseline = baseline
+    rel = relatedness.Relatedness(**{k: v for k, v in baseline["transfer"].items() if k != "far"})
+    emit(event("baseline", message=rel.summary()))
+    for warning in rel.warnings:
+        emit(event("baseline", message=f"warning: {warning}"))
 
     # -- train
     fail_at = os.environ.get(FAIL_ENV, "").strip()
@@ -877,7 +889,8 @@ def run_job(args: JobArgs) -> int:
         max_epochs=spec.max_epochs, max_minutes=spec.max_minutes, workers=spec.workers,
         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=spec.gpus_per_worker, seed=spec.seed,
         target_utterances=target_utterances, fail_at_step=int(fail_at) if fail_at.isdigit() else 0,
-        source_dev_manifest=state.source_dev,
+        source_dev_manifest=state.source_dev, store=str(Path(store).absolute()),
+        base_ref=state.base_ref if ref.source != "path" else "",
         source_limit=baseline["base_source_wer"] + spec.max_source_regression,
         max_source_regression=spec.max_source_regression)
     if spec.source_replay > 0:
@@ -898,7 +911,7 @@ def run_job(args: JobArgs) -> int:
     # -- evaluate
     from speechadapt.asr.inference import load_model
 
-    candidate = load_model(run_dir / CANDIDATE)
+    candidate = load_model(run_dir / CANDIDATE, store=store)
     steps = int(summary.get("steps", 0))
     at = _measure(candidate, Path(spec.dev_manifest), "evaluate", "adapted model: target dev", steps)
     as_ = _measure(candidate, source_dev, "evaluate", "adapted model: source dev", steps)
@@ -944,6 +957,7 @@ def run_job(args: JobArgs) -> int:
     report = {"job_id": job_id, "spec": spec.to_dict(), "base_model": state.base_ref, "metrics": metrics,
               "decision": {"promoted": decision.promoted, "reason": decision.reason, "model": result["model"], "version": version},
               "source_dev": {"manifest": state.source_dev, "origin": state.source_dev_origin}, "source_domain": state.domain,
+              "relatedness": baseline["transfer"],
               "training": {k: v for k, v in summary.items() if k != "history"}, "history": summary.get("history", [])}
     write_report(report_dir, report, summary.get("history", []), metrics["base_target_wer"])
     write_json_atomic(run_dir / RESULT_FILE, result)
