@@ -105,7 +105,7 @@ def load_model(ref: str | Path, store: str | Path | None = None, device: str = "
         from speechadapt.asr.whisper import load_whisper
 
         verify(mref.path, card)
-        return load_whisper(mref.path, card, mref, threads)
+        return load_whisper(mref.path, card, mref, threads, store)
     if card.architecture == WAV2VEC2:
         from speechadapt.asr.wav2vec2 import load_wav2vec2
 

@@ -49,6 +49,9 @@ class ModelCard:
     num_parameters: int = 0
     files: dict = field(default_factory=dict)
     decoding: dict = field(default_factory=dict)  # beam search options (speechadapt.asr.beam.BeamConfig)
+    # an adapter package: its weights are changes to this base ({"model": "name@N", "weights_sha256",
+    # "lora_scaling"}); empty for a complete package (speechadapt.asr.whisper.package_state)
+    base: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:

@@ -127,6 +127,86 @@ def load_state(folder: Path) -> dict:
         raise PackageError(f"{folder / WEIGHTS} is not a valid safetensors file: {e}") from e
 
 
+# ------------------------------------------------------------------------------- adapter packages
+# An adapter package (card.base set) stores only what its job changed: LoRA factors as "<module>.lora_A" and
+# "<module>.lora_B" (weight += lora_scaling * B @ A), and tensors replaced whole under their own names. Its
+# base is named by reference and pinned by the sha256 of the base's weights file: a base that changed or went
+# missing is an error, never a silent mix.
+
+LORA_A, LORA_B = ".lora_A", ".lora_B"
+MAX_BASE_DEPTH = 8
+DELTA_SHARE = 0.6  # a job that changed more than this share of the parameters publishes a complete package
+
+
+def base_store(folder: Path) -> Path | None:
+    """The store holding a published package (STORE/<name>/<N>/), else None."""
+    folder = Path(folder).absolute()
+    return folder.parent.parent if folder.name.isdigit() else None
+
+
+def package_state(folder: Path, card: ModelCard, store: str | Path | None = None, _depth: int = 0) -> dict:
+    """The complete state dict of a Whisper package: its own weights, or its base's with its changes applied.
+
+    An adapter package's base resolves in `store`, else in the store that holds the package."""
+    from speechadapt.asr.package import read_card, verify
+    from speechadapt.asr.store import ModelNotFound, resolve_path_or_ref
+
+    state = load_state(folder)
+    if not card.base:
+        return state
+    if _depth >= MAX_BASE_DEPTH:
+        raise PackageError(f"{folder}: more than {MAX_BASE_DEPTH} adapter packages stacked on each other")
+    ref = str(card.base.get("model", ""))
+    try:
+        bref = resolve_path_or_ref(ref, store if store is not None else base_store(folder))
+    except ModelNotFound as e:
+        raise PackageError(f"{folder}: its base model {ref!r} is not available ({e})") from None
+    bcard = read_card(bref.path)
+    verify(bref.path, bcard)
+    if bcard.architecture != ARCHITECTURE or bcard.files[WEIGHTS]["sha256"] != card.base.get("weights_sha256"):
+        raise PackageError(f"{folder}: its base {bref} is not the model it was trained from (weights sha256 differs)")
+    return apply_delta(package_state(bref.path, bcard, store, _depth + 1), state,
+                       float(card.base.get("lora_scaling", 1.0)), str(folder))
+
+
+def apply_delta(base: dict, delta: dict, scaling: float, where: str = "adapter") -> dict:
+    """`base` with `delta`'s tensors replaced and its LoRA factors merged (float32)."""
+    state = dict(base)
+    for k, v in delta.items():
+        if k.endswith(LORA_A):
+            continue
+        if k.endswith(LORA_B):
+            module = k[: -len(LORA_B)]
+            a, w = delta.get(module + LORA_A), state.get(module + ".weight")
+            if a is None or w is None or (v.shape[0], a.shape[1]) != tuple(w.shape) or v.shape[1] != a.shape[0]:
+                raise PackageError(f"{where}: LoRA factors for {module} do not fit the base")
+            state[module + ".weight"] = w.float() + scaling * (v.float() @ a.float())
+        elif k not in state or tuple(state[k].shape) != tuple(v.shape):
+            raise PackageError(f"{where}: tensor {k} does not fit the base")
+        else:
+            state[k] = v
+    return state
+
+
+def lora_factors(net) -> tuple[dict, float]:
+    """({"<module>.lora_A": A, "<module>.lora_B": B}, scaling) of a peft LoRA model in package names."""
+    out, scaling = {}, 1.0
+    for name, module in net.named_modules():
+        if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
+            key = name.removeprefix("base_model.model.")
+            out[key + LORA_A] = module.lora_A["default"].weight.detach().cpu().clone()
+            out[key + LORA_B] = module.lora_B["default"].weight.detach().cpu().clone()
+            scaling = float(module.scaling["default"])
+    return out, scaling
+
+
+def changed_tensors(base: dict, state: dict) -> dict:
+    """The tensors of `state` that differ from `base` (by value)."""
+    import torch
+
+    return {k: v for k, v in state.items() if k not in base or not torch.equal(base[k].to(v.dtype), v)}
+
+
 # ----------------------------------------------------------------------------------------- features
 
 class LogMel:
@@ -154,10 +234,11 @@ def window_frames(seconds: float, decoding: WhisperDecoding) -> int:
 
 # ------------------------------------------------------------------------------------- CTranslate2
 
-def ct2_folder(folder: Path, card: ModelCard, compute_type: str) -> Path:
+def ct2_folder(folder: Path, card: ModelCard, compute_type: str, store: str | Path | None = None) -> Path:
     """The CTranslate2 conversion of this package's weights (made once, atomically, in the cache)."""
     key = hashlib.sha256(
-        f"{card.files[WEIGHTS]['sha256']}:{card.files[TOKENIZER]['sha256']}:{compute_type}".encode()
+        f"{card.files[WEIGHTS]['sha256']}:{card.base.get('weights_sha256', '')}:{card.files[TOKENIZER]['sha256']}:"
+        f"{compute_type}".encode()
     ).hexdigest()[:32]
     out = cache_root() / "ct2" / key
     if (out / "model.bin").is_file():
@@ -165,7 +246,7 @@ def ct2_folder(folder: Path, card: ModelCard, compute_type: str) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=out.parent))
     try:
-        convert_to_ct2(folder, card, tmp, compute_type)
+        convert_to_ct2(folder, card, tmp, compute_type, store)
         try:
             os.rename(tmp, out)
         except OSError:  # another process finished first
@@ -176,11 +257,11 @@ def ct2_folder(folder: Path, card: ModelCard, compute_type: str) -> Path:
     return out
 
 
-def convert_to_ct2(folder: Path, card: ModelCard, out: Path, compute_type: str) -> None:
+def convert_to_ct2(folder: Path, card: ModelCard, out: Path, compute_type: str, store: str | Path | None = None) -> None:
     from ctranslate2.converters.transformers import WhisperLoader
     from transformers import PreTrainedTokenizerFast
 
-    net = build_torch(card.hparams, load_state(folder))
+    net = build_torch(card.hparams, package_state(folder, card, store))
     tok = PreTrainedTokenizerFast(tokenizer_file=str(folder / TOKENIZER))
     spec = WhisperLoader()(net, tok)
     spec.validate()
@@ -229,7 +310,7 @@ class WhisperModel:
     sample_rate = SAMPLE_RATE
     frame_seconds = FRAME_SECONDS
 
-    def __init__(self, card: ModelCard, folder: Path, ref=None, threads: int = 0):
+    def __init__(self, card: ModelCard, folder: Path, ref=None, threads: int = 0, store: str | Path | None = None):
         import ctranslate2
         from tokenizers import Tokenizer
 
@@ -245,7 +326,7 @@ class WhisperModel:
         self.multilingual = card.hparams.get("vocab_size", 51864) >= 51865
         self.start = [self.sot] + ([ids["<|en|>"], ids["<|transcribe|>"]] if self.multilingual else []) + [self.no_timestamps]
         self.mel = LogMel(card.hparams.get("num_mel_bins", 80))
-        path = ct2_folder(self.folder, card, self.decoding.compute_type)
+        path = ct2_folder(self.folder, card, self.decoding.compute_type, store)
         self.runtime = ctranslate2.models.Whisper(
             str(path), device="cpu", compute_type=self.decoding.compute_type, intra_threads=threads or (os.cpu_count() or 1))
         self._bytes = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
@@ -387,16 +468,18 @@ def join(parts: list[Hypothesis]) -> Hypothesis:
     return Hypothesis(" ".join(p.text for p in parts).strip(), words, conf, parts[0].start, parts[-1].end)
 
 
-def load_whisper(folder: Path, card: ModelCard, ref=None, threads: int = 0) -> WhisperModel:
+def load_whisper(folder: Path, card: ModelCard, ref=None, threads: int = 0, store: str | Path | None = None) -> WhisperModel:
     if TOKENIZER not in card.files:
         raise PackageError(f"{folder}: a Whisper package lists {TOKENIZER} in its card")
-    return WhisperModel(card, folder, ref, threads)
+    return WhisperModel(card, folder, ref, threads, store)
 
 
 def save_whisper_package(folder: Path, state: dict, hparams: dict, tokenizer_file: Path, *, name: str, version: int = 1,
                          description: str = "", metrics: dict | None = None, lineage: dict | None = None,
-                         decoding: dict | None = None, language: str = "en") -> ModelCard:
-    """Write a Whisper package into `folder` (created): weights (Hugging Face names), tokenizer, card."""
+                         decoding: dict | None = None, language: str = "en", base: dict | None = None,
+                         num_parameters: int = 0) -> ModelCard:
+    """Write a Whisper package into `folder` (created): weights (Hugging Face names), tokenizer, card. With
+    `base`, `state` holds only the changes to that base (an adapter package, see `package_state`)."""
     from safetensors.torch import save_file
 
     from speechadapt.asr.package import write_card
@@ -412,6 +495,6 @@ def save_whisper_package(folder: Path, state: dict, hparams: dict, tokenizer_fil
         tokenizer={"type": "whisper-bpe", "file": TOKENIZER},
         features={"type": "whisper-log-mel", "n_mels": hparams.get("num_mel_bins", 80), "sample_rate": SAMPLE_RATE},
         sample_rate=SAMPLE_RATE, language=language, description=description, metrics=dict(metrics or {}),
-        lineage=dict(lineage or {}), num_parameters=sum(v.numel() for v in state.values()),
-        decoding=WhisperDecoding.from_dict(decoding or {}).to_dict(),
+        lineage=dict(lineage or {}), num_parameters=num_parameters or sum(v.numel() for v in state.values()),
+        decoding=WhisperDecoding.from_dict(decoding or {}).to_dict(), base=dict(base or {}),
     )

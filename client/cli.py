@@ -117,12 +117,20 @@ def _human_params(n: int) -> str:
     return str(n) if n else "-"
 
 
+def _human_bytes(n: int) -> str:
+    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B" if n else "-"
+
+
 def _model_rows(models: list[ModelInfo]) -> list[list[str]]:
-    rows = [["NAME", "VERSION", "ARCHITECTURE", "RATE", "PARAMS", "SOURCE", "DEFAULT", "METRICS"]]
+    rows = [["NAME", "VERSION", "ARCHITECTURE", "RATE", "PARAMS", "SIZE", "SOURCE", "DEFAULT", "METRICS"]]
     for m in models:
         metrics = " ".join(f"{k}={v:.3f}" for k, v in list(m.metrics.items())[:3])
+        size = _human_bytes(m.package_bytes) + (f" (on {m.adapter_base})" if m.adapter_base else "")
         rows.append([m.name, str(m.version), m.architecture or "-", str(m.sample_rate_hertz or "-"),
-                     _human_params(m.num_parameters), m.source or "-", "*" if m.is_default else "", metrics])
+                     _human_params(m.num_parameters), size, m.source or "-", "*" if m.is_default else "", metrics])
     return rows
 
 
@@ -135,7 +143,8 @@ def _print_table(rows: list[list[str]], out: TextIO) -> None:
 def _print_model(m: ModelInfo, out: TextIO) -> None:
     fields = [("model", m.ref + ("  (default)" if m.is_default else "")), ("architecture", m.architecture),
               ("sample rate", f"{m.sample_rate_hertz} Hz"), ("language", m.language_code),
-              ("parameters", f"{m.num_parameters:,}"), ("source", m.source), ("created", m.create_time),
+              ("parameters", f"{m.num_parameters:,}"), ("package", _human_bytes(m.package_bytes)),
+              ("adapter of", m.adapter_base), ("source", m.source), ("created", m.create_time),
               ("description", m.description)]
     fields += [(f"lineage.{k}", v) for k, v in m.lineage.items()]
     fields += [(f"metric {k}", f"{v:.4f}") for k, v in m.metrics.items()]

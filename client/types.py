@@ -165,6 +165,8 @@ class ModelInfo:
     source: str = ""  # "store" or "builtin"
     is_default: bool = False
     description: str = ""
+    adapter_base: str = ""  # "name@version" an adapter package applies to; "" for a complete package
+    package_bytes: int = 0  # this version's own files on disk
 
     @property
     def ref(self) -> str:
@@ -195,6 +197,8 @@ class ModelInfo:
             source=m.source,
             is_default=m.is_default,
             description=m.description,
+            adapter_base=m.adapter_base,
+            package_bytes=m.package_bytes,
         )
 
 

@@ -37,6 +37,8 @@ def model_message(ref, card, is_default: bool) -> pb.Model:
         source="builtin" if ref.source == "builtin" else "store",
         is_default=is_default,
         description=card.description,
+        adapter_base=str((card.base or {}).get("model", "")),
+        package_bytes=sum(int(f.get("bytes", 0)) for f in (card.files or {}).values()),
     )
 
 

@@ -49,7 +49,7 @@ def cli(*args, timeout=120):
     return subprocess.run(SA + list(args), capture_output=True, text=True, timeout=timeout)
 
 
-def test_sync_client_stream_file_and_recognize(server, two_utterances):
+def test_sync_client_stream_file_and_recognize(server, two_utterances, tiny):
     path, refs = two_utterances
     with SpeechClient(server.address) as client:
         results = list(client.stream_file(path, interim_results=True))
@@ -66,6 +66,8 @@ def test_sync_client_stream_file_and_recognize(server, two_utterances):
     assert [m.ref for m in models if m.ref != "whisper-tiny-en@1"] == ["base-en@1", "tiny@1"]
     assert [m.ref for m in models if m.is_default] == ["tiny@1"]  # the server's --default-model
     assert info.ref == "tiny@1" and info.architecture == "conformer-ctc"
+    files = [f for f in (tiny.store / "tiny" / "1").iterdir() if f.name != "model.json"]
+    assert info.adapter_base == "" and info.package_bytes == sum(f.stat().st_size for f in files) > 0
 
 
 def test_async_client(server, two_utterances):

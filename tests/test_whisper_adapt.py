@@ -71,6 +71,13 @@ def test_whisper_head_adaptation_job_runs_gates_and_publishes(tmp_path, whisper_
     card = read_card(folder)
     assert card.architecture == "whisper" and card.lineage["base_model"] == "whisper-tiny-en@1"
     assert card.metrics["dev_wer"] == pytest.approx(m["adapted_target_wer"])
+    # an adapter package: the decoder tensors only, pinned to its base's weights
+    base_card = read_card(whisper_store / "whisper-tiny-en" / "1")
+    assert card.base == {"model": "whisper-tiny-en@1", "weights_sha256": base_card.files["weights.safetensors"]["sha256"],
+                         "lora_scaling": 1.0}
+    assert card.num_parameters == base_card.num_parameters
+    # trained tensors stay float32: a complete package would take 4 bytes per parameter
+    assert card.files["weights.safetensors"]["bytes"] < 0.4 * 4 * card.num_parameters
     model = load_model(folder)
     first = json.loads(Path(digits[1]).read_text().splitlines()[0])
     text = model.transcribe_file(Path(digits[1]).parent / first["audio"]).text

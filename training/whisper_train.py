@@ -58,6 +58,26 @@ def merged(net):
     return net.merge_and_unload() if hasattr(net, "merge_and_unload") else net
 
 
+def export_candidate(out_dir: Path, model, base_state: dict, base_dir: Path, base_card, base_ref: str, **card) -> dict:
+    """Write the trained model as a package: an adapter package (only the LoRA factors, or only the tensors
+    that changed) on top of `base_ref` when that is a stored model and the change is small, else complete.
+    Returns the card's `base` ({} for a complete package)."""
+    from speechadapt.asr.package import WEIGHTS
+    from speechadapt.asr.whisper import (DELTA_SHARE, TOKENIZER, changed_tensors, lora_factors, save_whisper_package,
+                                         state_for_package)
+
+    factors, scaling = lora_factors(model)
+    full = state_for_package(merged(model).eval())
+    total = sum(v.numel() for v in full.values())
+    delta = factors or changed_tensors(base_state, full)
+    base = {}
+    if base_ref and sum(v.numel() for v in delta.values()) <= DELTA_SHARE * total:
+        base = {"model": base_ref, "weights_sha256": base_card.files[WEIGHTS]["sha256"], "lora_scaling": scaling}
+    save_whisper_package(out_dir, delta if base else full, base_card.hparams, base_dir / TOKENIZER, name="candidate",
+                         language=base_card.language, base=base, num_parameters=total, **card)
+    return base
+
+
 def label_ids(tokenizer, text: str, start: list[int], eot: int) -> list[int]:
     ids = tokenizer.encode(" " + text.strip(), add_special_tokens=False).ids[:MAX_LABEL_TOKENS]
     return start[1:] + ids + [eot]  # the decoder input is <|startoftranscript|> + these, shifted
@@ -140,7 +160,7 @@ def worker_loop(config: dict) -> dict | None:
     from speechadapt.asr.evaluation import error_rates
     from speechadapt.asr.package import read_card
     from speechadapt.asr.whisper import (HOP, SAMPLE_RATE, TOKENIZER, WINDOW_FRAMES, LogMel, WhisperDecoding, build_torch,
-                                         load_state, save_whisper_package, state_for_package)
+                                         package_state)
     from speechadapt.training.adapt import CANDIDATE, LOG_EVERY, best_note, emit, event, source_note
     from speechadapt.training.pretrain import CHECKPOINT_FILE, _quiet_reports, rank_gather, report_checkpoint
 
@@ -161,7 +181,8 @@ def worker_loop(config: dict) -> dict | None:
     base = Path(job.base_path)
     card = read_card(base)
     torch.manual_seed(job.seed)
-    net = build_torch(card.hparams, load_state(base))
+    base_state = package_state(base, card, job.store or None)
+    net = build_torch(card.hparams, base_state)  # copies: base_state stays the base's
     tok = Tokenizer.from_file(str(base / TOKENIZER))
     eot, sot, nots = tok.token_to_id("<|endoftext|>"), tok.token_to_id("<|startoftranscript|>"), tok.token_to_id("<|notimestamps|>")
     start = [sot, nots]
@@ -275,12 +296,10 @@ def worker_loop(config: dict) -> dict | None:
         return None
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)
-    final = merged(model).eval()
     out_dir = Path(job.run_dir) / CANDIDATE
     shutil.rmtree(out_dir, ignore_errors=True)
-    save_whisper_package(out_dir, state_for_package(final), card.hparams, base / TOKENIZER, name="candidate",
-                         metrics={"dev_wer": best_wer}, language=card.language,
-                         decoding={**card.decoding, "min_window_s": WINDOW_FRAMES * HOP / SAMPLE_RATE})
+    export_candidate(out_dir, model, base_state, base, card, job.base_ref, metrics={"dev_wer": best_wer},
+                     decoding={**card.decoding, "min_window_s": WINDOW_FRAMES * HOP / SAMPLE_RATE})
     return {"steps": step, "total_steps": total, "best_step": best_step, "best_dev_wer": best_wer,
             "train_seconds": round(meta["train_seconds"], 1), "restarts": meta["restarts"],
             "resumed_from_steps": meta["resumed_from_steps"], "workers": world, "trained_parameters": trained,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bspeechadapt/v1/models.proto\x12\x0espeechadapt.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"V\n\x07Lineage\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x10\n\x08strategy\x18\x03 \x01(\t\x12\x15\n\rtraining_data\x18\x04 \x01(\t\"\xff\x02\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x19\n\x11sample_rate_hertz\x18\x04 \x01(\x05\x12\x15\n\rlanguage_code\x18\x05 \x01(\t\x12\x33\n\x07metrics\x18\x06 \x03(\x0b\x32\".speechadapt.v1.Model.MetricsEntry\x12(\n\x07lineage\x18\x07 \x01(\x0b\x32\x17.speechadapt.v1.Lineage\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0enum_parameters\x18\t \x01(\x03\x12\x0e\n\x06source\x18\n \x01(\t\x12\x12\n\nis_default\x18\x0b \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x0c \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"7\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61ll_versions\x18\x02 \x01(\x08\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.speechadapt.v1.Model\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t2\xa1\x01\n\x06Models\x12S\n\nListModels\x12!.speechadapt.v1.ListModelsRequest\x1a\".speechadapt.v1.ListModelsResponse\x12\x42\n\x08GetModel\x12\x1f.speechadapt.v1.GetModelRequest\x1a\x15.speechadapt.v1.ModelBJP\x01ZFgithub.com/speechadapt/speechadapt/gen/go/speechadapt/v1;speechadaptv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bspeechadapt/v1/models.proto\x12\x0espeechadapt.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"V\n\x07Lineage\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x10\n\x08strategy\x18\x03 \x01(\t\x12\x15\n\rtraining_data\x18\x04 \x01(\t\"\xac\x03\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x19\n\x11sample_rate_hertz\x18\x04 \x01(\x05\x12\x15\n\rlanguage_code\x18\x05 \x01(\t\x12\x33\n\x07metrics\x18\x06 \x03(\x0b\x32\".speechadapt.v1.Model.MetricsEntry\x12(\n\x07lineage\x18\x07 \x01(\x0b\x32\x17.speechadapt.v1.Lineage\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0enum_parameters\x18\t \x01(\x03\x12\x0e\n\x06source\x18\n \x01(\t\x12\x12\n\nis_default\x18\x0b \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x0c \x01(\t\x12\x14\n\x0c\x61\x64\x61pter_base\x18\r \x01(\t\x12\x15\n\rpackage_bytes\x18\x0e \x01(\x03\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"7\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61ll_versions\x18\x02 \x01(\x08\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.speechadapt.v1.Model\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t2\xa1\x01\n\x06Models\x12S\n\nListModels\x12!.speechadapt.v1.ListModelsRequest\x1a\".speechadapt.v1.ListModelsResponse\x12\x42\n\x08GetModel\x12\x1f.speechadapt.v1.GetModelRequest\x1a\x15.speechadapt.v1.ModelBJP\x01ZFgithub.com/speechadapt/speechadapt/gen/go/speechadapt/v1;speechadaptv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,15 +38,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LINEAGE']._serialized_start=80
   _globals['_LINEAGE']._serialized_end=166
   _globals['_MODEL']._serialized_start=169
-  _globals['_MODEL']._serialized_end=552
-  _globals['_MODEL_METRICSENTRY']._serialized_start=506
-  _globals['_MODEL_METRICSENTRY']._serialized_end=552
-  _globals['_LISTMODELSREQUEST']._serialized_start=554
-  _globals['_LISTMODELSREQUEST']._serialized_end=609
-  _globals['_LISTMODELSRESPONSE']._serialized_start=611
-  _globals['_LISTMODELSRESPONSE']._serialized_end=670
-  _globals['_GETMODELREQUEST']._serialized_start=672
-  _globals['_GETMODELREQUEST']._serialized_end=704
-  _globals['_MODELS']._serialized_start=707
-  _globals['_MODELS']._serialized_end=868
+  _globals['_MODEL']._serialized_end=597
+  _globals['_MODEL_METRICSENTRY']._serialized_start=551
+  _globals['_MODEL_METRICSENTRY']._serialized_end=597
+  _globals['_LISTMODELSREQUEST']._serialized_start=599
+  _globals['_LISTMODELSREQUEST']._serialized_end=654
+  _globals['_LISTMODELSRESPONSE']._serialized_start=656
+  _globals['_LISTMODELSRESPONSE']._serialized_end=715
+  _globals['_GETMODELREQUEST']._serialized_start=717
+  _globals['_GETMODELREQUEST']._serialized_end=749
+  _globals['_MODELS']._serialized_start=752
+  _globals['_MODELS']._serialized_end=913
 # @@protoc_insertion_point(module_scope)

@@ -22,7 +22,7 @@ class Lineage(_message.Message):
     def __init__(self, base_model: _Optional[str] = ..., job_id: _Optional[str] = ..., strategy: _Optional[str] = ..., training_data: _Optional[str] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "version", "architecture", "sample_rate_hertz", "language_code", "metrics", "lineage", "create_time", "num_parameters", "source", "is_default", "description")
+    __slots__ = ("name", "version", "architecture", "sample_rate_hertz", "language_code", "metrics", "lineage", "create_time", "num_parameters", "source", "is_default", "description", "adapter_base", "package_bytes")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,8 @@ class Model(_message.Message):
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_BASE_FIELD_NUMBER: _ClassVar[int]
+    PACKAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     architecture: str
@@ -54,7 +56,9 @@ class Model(_message.Message):
     source: str
     is_default: bool
     description: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., architecture: _Optional[str] = ..., sample_rate_hertz: _Optional[int] = ..., language_code: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., lineage: _Optional[_Union[Lineage, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., num_parameters: _Optional[int] = ..., source: _Optional[str] = ..., is_default: _Optional[bool] = ..., description: _Optional[str] = ...) -> None: ...
+    adapter_base: str
+    package_bytes: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., architecture: _Optional[str] = ..., sample_rate_hertz: _Optional[int] = ..., language_code: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., lineage: _Optional[_Union[Lineage, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., num_parameters: _Optional[int] = ..., source: _Optional[str] = ..., is_default: _Optional[bool] = ..., description: _Optional[str] = ..., adapter_base: _Optional[str] = ..., package_bytes: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ("name", "all_versions")
