@@ -66,8 +66,10 @@ def pocketsphinx_wer(manifest: Path) -> float:
     return round(pocketsphinx_on(utts)["wer"], 4)
 
 
-def run_job(store: Path, base: str, paths: dict, work: Path, name: str) -> dict:
+def run_job(store: Path, base: str, paths: dict, work: Path, name: str, strategy: str = "") -> dict:
     spec = {"name": name, "base_model": base, "train_manifest": str(paths["train"]), "dev_manifest": str(paths["dev"])}
+    if strategy:
+        spec["strategy"] = strategy
     (work / "spec.json").write_text(json.dumps(spec))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     t0 = time.monotonic()
@@ -88,12 +90,18 @@ def main(argv=None) -> int:
     p.add_argument("--speakers", default="nicolas,theo")
     p.add_argument("--sizes", default="10,20,50")
     p.add_argument("--base", default="whisper-tiny-en")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "speaker_adapt.json"))
+    p.add_argument("--strategy", default="", choices=["", "head", "adapters", "finetune"],
+                   help="a fifth key in the job file (default: none, the job chooses)")
+    p.add_argument("--out", default=None,
+                   help="JSON results (default: bench/results/speaker_adapt[.STRATEGY].json)")
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = str(ROOT / "bench" / "results" / f"speaker_adapt{'.' + args.strategy if args.strategy else ''}.json")
     if not FSDD.is_dir():
         print(f"{FSDD} is absent: nothing to measure")
         return 0
     from speechadapt.asr.importers import ensure_default_whisper
+    from speechadapt.asr.package import read_card
     from speechadapt.asr.store import ModelStore
 
     ensure_default_whisper()
@@ -109,14 +117,16 @@ def main(argv=None) -> int:
             work = work_root / speaker / str(n)
             paths = split(speaker, n, work)
             name = f"{args.base}-{speaker}-{n}"
-            job = run_job(store, args.base, paths, work, name)
+            job = run_job(store, args.base, paths, work, name, args.strategy)
             res = job["result"]
             row = {"speaker": speaker, "train_utterances": n, "base_test": base["test"],
                    "pocketsphinx_test_wer": base["pocketsphinx_test_wer"], **job}
             if res.get("promoted"):
                 ref = ModelStore(store).resolve(f"{res['model']}@{res['version']}")
                 row["adapted_test"] = score(str(ref.path), paths["test"])
-                row["package_mb"] = round(sum(f.stat().st_size for f in ref.path.iterdir()) / 2**20, 1)
+                card = read_card(ref.path)
+                row["package_mb"] = round(sum(f["bytes"] for f in card.files.values()) / 2**20, 2)
+                row["adapter_base"] = card.base.get("model", "")
             rows.append(row)
             m = res.get("metrics", {})
             print(f"  {n} utts: exit {job['exit']} in {job['seconds']:.0f} s, promoted {res.get('promoted')}, "
@@ -125,7 +135,7 @@ def main(argv=None) -> int:
                   f"test {base['test']['wer']:.1%} -> {row.get('adapted_test', {}).get('wer', float('nan')):.1%}; "
                   f"{res.get('reason', '')}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"base": args.base, "rows": rows, "work": str(work_root)}, indent=1) + "\n")
+    Path(args.out).write_text(json.dumps({"base": args.base, "strategy": args.strategy or "auto", "rows": rows, "work": str(work_root)}, indent=1) + "\n")
     print("| speaker | train utts | test WER base | test WER adapted | pocketsphinx | source dev WER base -> adapted | promoted | job s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
     for r in rows:
