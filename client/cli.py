@@ -386,7 +386,7 @@ def _jobs_report(args: argparse.Namespace) -> int:
         print(json.dumps(metrics, ensure_ascii=False))
     else:
         out = Path(args.out)
-        files = [out / name for name in ("metrics.json", "training.png") if (out / name).is_file()]
+        files = [out / name for name in ("metrics.json", "training.png", "search.png") if (out / name).is_file()]
         print("wrote " + ", ".join(str(f) for f in files))
     return EXIT_OK
 
@@ -513,9 +513,9 @@ def _add_jobs(sub: argparse._SubParsersAction, conn: argparse.ArgumentParser) ->
     p.add_argument("id", metavar="ID", help="job id")
     p.add_argument("--json", action="store_true", help="print the job record as JSON")
     p.set_defaults(_handler=_jobs_cancel)
-    p = jsub.add_parser("report", parents=[conn], help="save a job's metrics.json and training.png")
+    p = jsub.add_parser("report", parents=[conn], help="save a job's metrics.json, training.png and (search jobs) search.png")
     p.add_argument("id", metavar="ID", help="job id")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder to write metrics.json and training.png into")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write the report files into")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(_handler=_jobs_report)
 

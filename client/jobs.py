@@ -19,7 +19,7 @@ from speechadapt.v1 import adaptation_pb2 as pb
 
 SpecLike = Union[JobSpec, dict, str, Path, pb.JobSpec]
 MANIFEST_KEYS = ("train_manifest", "dev_manifest", "source_dev_manifest")
-REPORT_JSON, REPORT_PNG = "metrics.json", "training.png"
+REPORT_JSON, REPORT_PNG, SEARCH_PNG = "metrics.json", "training.png", "search.png"
 
 
 # -- requests
@@ -117,7 +117,8 @@ def state_values(states: str | Iterable[str | int] | None) -> list[int]:
 
 
 def save_report(report: pb.JobReport, out_dir: str | Path) -> dict[str, Any]:
-    """Write metrics.json (and training.png when the job trained) into `out_dir`; the metrics as a dict."""
+    """Write metrics.json (and training.png when the job trained, search.png for a search job) into `out_dir`;
+    the metrics as a dict."""
     try:
         metrics = json.loads(report.metrics_json or b"{}")
     except ValueError as e:
@@ -125,11 +126,12 @@ def save_report(report: pb.JobReport, out_dir: str | Path) -> dict[str, Any]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / REPORT_JSON).write_bytes(report.metrics_json)
-    png = out / REPORT_PNG
-    if report.plot_png:
-        png.write_bytes(report.plot_png)
-    elif png.exists():
-        png.unlink()  # a stale plot from another job must not pass for this one's
+    for name, data in ((REPORT_PNG, report.plot_png), (SEARCH_PNG, report.search_png)):
+        png = out / name
+        if data:
+            png.write_bytes(data)
+        elif png.exists():
+            png.unlink()  # a stale plot from another job must not pass for this one's
     return metrics
 
 

@@ -605,9 +605,10 @@ class AdaptationService(pb_grpc.AdaptationServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"job {job.id} has no report yet ({job.state}): it is written when the job's "
                                 "training and evaluation end; WatchJob follows it")
-        plot = report / "training.png"
+        plot, trials = report / "training.png", report / "search.png"
         return pb.JobReport(job_id=job.id, metrics_json=metrics.read_bytes(),
-                            plot_png=plot.read_bytes() if plot.is_file() else b"")
+                            plot_png=plot.read_bytes() if plot.is_file() else b"",
+                            search_png=trials.read_bytes() if trials.is_file() else b"")
 
     # -- uploads
 

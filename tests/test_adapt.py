@@ -555,3 +555,110 @@ def test_auto_defaults_follow_the_architecture_and_the_data_size():
                                           strategy="finetune", source_replay=0.0), "whisper", 300)
     assert (mine.strategy, mine.source_replay, notes) == ("finetune", 0.0, [])  # what the user set is kept
     assert JobSpec.from_proto(spec.to_proto()) == spec  # auto survives the wire (unset fields)
+
+
+@pytest.mark.slow
+def test_search_job_runs_trials_on_ray_stops_on_sigterm_resumes_and_publishes_the_best(tmp_path, store, target, tiny):
+    """`search:` with 3 trials (adapters, finetune, head by default for a conformer-CTC base), each a Ray Train
+    run launched by Ray Tune: stopped by SIGTERM once a trial has a checkpoint (every trial process goes down),
+    run again to the end; the best trial within the source limit is evaluated, gated and published."""
+    import threading
+    import time
+
+    from speechadapt.training.adapt import parse_events
+
+    spec = _spec(target, workers=1, max_epochs=2, search={"trials": 3})
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    cmd = [sys.executable, "-m", "speechadapt.training.adapt", "--spec", str(tmp_path / "spec.json"), "--store", str(store),
+           "--run-dir", str(tmp_path / "run"), "--job-id", "job-1"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "run" / "trials").glob("*/train/checkpoint-*")):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-6000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143, "".join(lines)[-6000:]
+        reader.join(10)
+        events = parse_events("".join(lines))
+        assert events[-1]["phase"] == "error" and events[-1]["message"].startswith("cancelled"), "".join(lines)[-6000:]
+        assert any(e["message"].startswith("search: 3 trials") for e in events)
+        assert not (tmp_path / "run" / "result.json").exists() and sorted(p.name for p in store.iterdir()) == ["tiny"]
+        for _ in range(60):  # every trial's processes and the local Ray head went down with the job
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("processes of the stopped search are still running")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    code, events, log, run_dir = _adapt(tmp_path, store, spec, timeout=600)
+    assert code == 0, log[-6000:]
+    note = next(e["message"] for e in events if e["message"].startswith("search: 3 trials"))
+    assert "1 adapters lr 0.002" in note and "2 finetune lr 0.0005" in note and "3 head lr 0.003" in note, note
+    for i in (1, 2, 3):  # every trial's workers reported, labelled
+        assert any(e["phase"] == "train" and e["message"].startswith(f"trial {i}: ") for e in events), i
+    report = json.loads((run_dir / "report" / "metrics.json").read_text())
+    rows = report["search"]["trials"]
+    assert [r["strategy"] for r in rows] == ["adapters", "finetune", "head"] and all(r["status"] == "done" for r in rows)
+    scored = [r for r in rows if r["best_dev_wer"] is not None]
+    best = min(scored, key=lambda r: r["best_dev_wer"])
+    assert report["search"]["best"] == best["index"] and report["search"]["concurrent"] >= 1
+    limit = report["metrics"]["base_source_wer"] + 0.02
+    assert all(r["source_dev_wer"] is None or r["source_dev_wer"] <= limit + 1e-9 for r in scored)
+    assert (run_dir / "report" / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = events[-1]["result"]
+    print(f"search: {[(r['strategy'], r['best_dev_wer'], r['source_dev_wer']) for r in rows]} -> {result['reason']}")
+    assert result["promoted"], result["reason"]
+    from speechadapt.asr.package import read_card
+
+    lin = read_card(store / "tiny-scottish" / "1").lineage
+    assert lin["strategy"] == best["strategy"] and lin["spec"]["learning_rate"] == best["lr"]
+    assert lin["spec"]["search"]["trials"] == 3
+
+
+def test_search_spec_is_checked_survives_the_wire_and_designs_trials():
+    from speechadapt.jobspec import JobSpec, JobSpecError, SearchSpec
+    from speechadapt.training.adapt import TrainJob, choose_defaults
+    from speechadapt.training.search import best_trial, concurrency, design, trial_minutes
+
+    keys = dict(name="x", base_model="b", train_manifest="t", dev_manifest="d")
+    spec = JobSpec.from_dict({**keys, "search": {"trials": 5, "strategies": ["Head", "adapters"]}})
+    assert spec.search == SearchSpec(trials=5, strategies=["head", "adapters"])
+    assert JobSpec.from_proto(spec.to_proto()) == spec
+    assert JobSpec.from_proto(JobSpec(**keys).to_proto()).search is None
+    with pytest.raises(JobSpecError) as e:
+        JobSpec.from_dict({**keys, "search": {"trials": 0, "strategies": ["lora"], "source_replay": [1.5]}})
+    assert len(e.value.problems) == 3 and "search.trials 0" in e.value.problems[0]
+    with pytest.raises(JobSpecError, match="unknown key"):
+        JobSpec.from_dict({**keys, "search": {"trails": 4}})
+
+    whisper, _ = choose_defaults(spec, "whisper", 300)  # replay auto -> 0.25
+    trials = design(spec.search, "whisper", whisper)
+    assert [(t["strategy"], t["lr"], t["source_replay"]) for t in trials] == [
+        ("head", 2e-5, 0.25), ("adapters", 5e-4, 0.25), ("head", 6.67e-6, 0.125), ("adapters", 1.67e-4, 0.125),
+        ("head", 6e-5, 0.25)]
+    ctc, _ = choose_defaults(JobSpec.from_dict({**keys, "search": {"trials": 3, "learning_rates": [1e-3, 1e-2]}}),
+                             "conformer-ctc", 300)
+    assert [(t["strategy"], t["lr"]) for t in design(ctc.search, "conformer-ctc", ctc)] == [
+        ("adapters", 1e-3), ("finetune", 1e-3), ("head", 1e-3)]
+
+    job = TrainJob(base_path="", strategy="head", train_manifest="", dev_manifest="", replay_manifest="", run_dir="",
+                   source_replay=0.0, batch_size=8, lr=1e-3, augment=False, max_epochs=1, max_minutes=10, workers=2,
+                   cpus_per_worker=1, gpus_per_worker=0, seed=0, target_utterances=10)
+    assert concurrency(SearchSpec(), job, 8.0) == 4 and concurrency(SearchSpec(), job, 1.0) == 1
+    assert concurrency(SearchSpec(concurrent=3), job, 1.0) == 3
+    assert trial_minutes(SearchSpec(), job, 4, 2) == 10 and trial_minutes(SearchSpec(budget_minutes=6), job, 4, 2) == 3
+    rows = [{"index": 0, "status": "done", "best_dev_wer": None}, {"index": 1, "status": "done", "best_dev_wer": 0.3},
+            {"index": 2, "status": "failed"}, {"index": 3, "status": "done", "best_dev_wer": 0.2}]
+    assert best_trial(rows)["index"] == 3 and best_trial(rows[:1]) is None

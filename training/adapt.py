@@ -52,6 +52,7 @@ Fault injection (tests): SPEECHADAPT_FAIL_AT_STEP=N makes one worker exit once a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -66,7 +67,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from speechadapt.asr.store import fsync_dir, store_versions
-from speechadapt.training import relatedness
+from speechadapt.training import relatedness, search
 
 EVENT_MARKER = "@@speechadapt-event "
 PHASES = ("validate", "baseline", "train", "evaluate", "publish", "result", "error")
@@ -106,6 +107,14 @@ def event(phase: str, *, step: int = 0, total_steps: int = 0, loss: float = -1.0
     return {"phase": phase, "step": int(step), "total_steps": int(total_steps), "loss": clean(loss),
             "dev_wer": clean(dev_wer), "eta_s": round(max(0.0, float(eta_s)), 1), "message": message,
             "time": round(time.time(), 3), **extra}
+
+
+def worker_say(job, rank: int):
+    """A training worker's `say(**event fields)`: rank 0 emits train events, the job's label before each message."""
+    def say(**kw) -> None:
+        if rank == 0:
+            emit(event("train", **{**kw, "message": job.label + kw.get("message", "")}))
+    return say
 
 
 def emit(ev: dict) -> None:
@@ -356,6 +365,7 @@ class TrainJob:
     architecture: str = "conformer-ctc"  # the base package's: picks the worker loop (`worker_loop_for`)
     store: str = ""  # where the base (and an adapter base's own base) resolves
     base_ref: str = ""  # "name@N" when the base is a stored model: adapter candidates name it as their base
+    label: str = ""  # put before the workers' event messages ("trial 2: " in a search)
 
     def schedule(self) -> dict:
         """steps_per_epoch, total_steps, eval_every, warmup_steps: the same on every rank and every attempt."""
@@ -497,9 +507,7 @@ def _worker_loop(config: dict) -> dict | None:
 
     gather = rank_gather(world)
 
-    def say(**kw) -> None:
-        if rank == 0:
-            emit(event("train", **kw))
+    say = worker_say(job, rank)
 
     t_load = time.monotonic()
     net, plan, tokenizer, features = _base_net(job)
@@ -613,11 +621,11 @@ def _learning_rate(spec, architecture: str) -> float:
     return spec.lr
 
 
-def run_training(job: TrainJob, ray_address: str | None) -> dict:
-    """Fit the TorchTrainer (resuming a run in RUN_DIR/train); returns rank 0's summary.
-
-    Uses pretrain's Ray helpers: a local head on 127.0.0.1 only (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) unless
-    `ray_address`/$RAY_ADDRESS names a cluster or this process is already a Ray driver."""
+@contextlib.contextmanager
+def on_ray(job: TrainJob, ray_address: str | None):
+    """Connected to Ray for the block: a local head on 127.0.0.1 only (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0)
+    unless `ray_address`/$RAY_ADDRESS names a cluster or this process is already a Ray driver (pretrain's
+    helpers); SIGTERM aborts what runs (`_on_sigterm`)."""
     from speechadapt.training.pretrain import _connect, _local_head_wanted, _loopback_only
 
     target = RayTarget(ray_address, job.run_dir, job.workers, job.cpus_per_worker)
@@ -625,35 +633,13 @@ def run_training(job: TrainJob, ray_address: str | None) -> dict:
     undo_loopback = _loopback_only() if local else None
 
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.train.v2.api.config import LoggingConfig
 
     shutdown, temp_to_remove = _connect(target, local)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)  # ray.init replaced it with sys.exit(15), which aborts mid-get
     sigint = signal.getsignal(signal.SIGINT)  # fit() installs Ray Train's abort-on-Ctrl-C handler; ours comes back after
     try:
-        use_gpu = job.gpus_per_worker > 0
-        resources = {"CPU": job.cpus_per_worker, **({"GPU": job.gpus_per_worker} if use_gpu else {})}
-        trainer = TorchTrainer(
-            worker_loop_for(job.architecture),
-            train_loop_config={"job": job},
-            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-            scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=use_gpu, resources_per_worker=resources),
-            run_config=RunConfig(
-                name=TRAIN_RUN,
-                storage_path=job.run_dir,
-                failure_config=FailureConfig(max_failures=job.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=2),
-                logging_config=LoggingConfig(log_level=job.log_level),
-            ),
-        )
-        summary = trainer.fit().return_value
-        time.sleep(1.0)  # let Ray forward the workers' last event lines before anything else is printed
-        if not isinstance(summary, dict):
-            raise RuntimeError(f"rank 0 returned no training summary (got {summary!r}); see {job.run_dir}/{TRAIN_RUN}")
-        return summary
+        yield
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, sigint)
@@ -663,6 +649,42 @@ def run_training(job: TrainJob, ray_address: str | None) -> dict:
             shutil.rmtree(temp_to_remove, ignore_errors=True)
         if undo_loopback:
             undo_loopback()
+
+
+def fit(job: TrainJob, callbacks: tuple | list = ()) -> dict:
+    """Fit the TorchTrainer of `job` (resuming a run in its RUN_DIR/train) on the connected cluster; rank 0's
+    summary. `callbacks`: Ray Train callbacks (a search trial's TuneReportCallback)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.v2.api.config import LoggingConfig
+
+    use_gpu = job.gpus_per_worker > 0
+    resources = {"CPU": job.cpus_per_worker, **({"GPU": job.gpus_per_worker} if use_gpu else {})}
+    trainer = TorchTrainer(
+        worker_loop_for(job.architecture),
+        train_loop_config={"job": job},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=TRAIN_RUN,
+            storage_path=job.run_dir,
+            failure_config=FailureConfig(max_failures=job.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            logging_config=LoggingConfig(log_level=job.log_level),
+            callbacks=list(callbacks),
+        ),
+    )
+    summary = trainer.fit().return_value
+    time.sleep(1.0)  # let Ray forward the workers' last event lines before anything else is printed
+    if not isinstance(summary, dict):
+        raise RuntimeError(f"rank 0 returned no training summary (got {summary!r}); see {job.run_dir}/{TRAIN_RUN}")
+    return summary
+
+
+def run_training(job: TrainJob, ray_address: str | None) -> dict:
+    """Fit the TorchTrainer (resuming a run in RUN_DIR/train); returns rank 0's summary."""
+    with on_ray(job, ray_address):
+        return fit(job)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -893,16 +915,28 @@ def run_job(args: JobArgs) -> int:
         base_ref=state.base_ref if ref.source != "path" else "",
         source_limit=baseline["base_source_wer"] + spec.max_source_regression,
         max_source_regression=spec.max_source_regression)
-    if spec.source_replay > 0:
+    trials = search.design(spec.search, card.architecture, spec) if spec.search is not None else []
+    if spec.source_replay > 0 or any(t["source_replay"] > 0 for t in trials):
         replay, origin = replay_manifest(spec, domain, run_dir, target_utterances)
         job = replace(job, replay_manifest=str(replay))
-        emit(event("train", message=f"source replay {spec.source_replay:.0%} of each batch from {origin}"))
+        emit(event("train", message=f"source replay {spec.source_replay:.0%} of each batch from {origin}"
+                   if not trials else f"source replay from {origin}"))
     summary = read_json(run_dir / SUMMARY_FILE)
     if summary is None or not (run_dir / CANDIDATE / "model.json").is_file():
-        emit(event("train", total_steps=job.schedule()["total_steps"], message=f"starting Ray Train: {spec.workers} "
-                   f"workers, {spec.strategy}, lr {job.lr:g}, up to {spec.max_epochs} epochs / {spec.max_minutes:g} min"))
-        summary = run_training(job, args.ray_address)
+        if trials:
+            summary = search.run_search(job, trials, spec.search, args.ray_address,
+                                        lambda note: emit(event("train", message=note)))
+            best = summary["search"]["best"]
+            emit(event("train", dev_wer=summary["best_dev_wer"], message=f"search done: best trial {best + 1} ("
+                       f"{trials[best]['strategy']}, lr {trials[best]['lr']:g}, replay {trials[best]['source_replay']:g})"))
+        else:
+            emit(event("train", total_steps=job.schedule()["total_steps"], message=f"starting Ray Train: {spec.workers} "
+                       f"workers, {spec.strategy}, lr {job.lr:g}, up to {spec.max_epochs} epochs / {spec.max_minutes:g} min"))
+            summary = run_training(job, args.ray_address)
         write_json_atomic(run_dir / SUMMARY_FILE, summary)
+    if trials:  # what the published model was trained with: the best trial's settings
+        t = trials[summary["search"]["best"]]
+        spec = replace(spec, strategy=t["strategy"], learning_rate=t["lr"], source_replay=t["source_replay"])
     state.training = summary
     emit(event("train", step=summary["steps"], total_steps=summary["total_steps"], dev_wer=summary["best_dev_wer"],
                message=f"training done: {summary['steps']} steps, best target dev WER {summary['best_dev_wer']:.1%} at "
@@ -958,8 +992,13 @@ def run_job(args: JobArgs) -> int:
               "decision": {"promoted": decision.promoted, "reason": decision.reason, "model": result["model"], "version": version},
               "source_dev": {"manifest": state.source_dev, "origin": state.source_dev_origin}, "source_domain": state.domain,
               "relatedness": baseline["transfer"],
-              "training": {k: v for k, v in summary.items() if k != "history"}, "history": summary.get("history", [])}
+              "training": {k: v for k, v in summary.items() if k not in ("history", "search")}, "history": summary.get("history", [])}
+    if "search" in summary:
+        report["search"] = summary["search"]
     write_report(report_dir, report, summary.get("history", []), metrics["base_target_wer"])
+    if "search" in summary:
+        search.write_plot(report_dir / "search.png", summary["search"]["trials"], metrics["base_target_wer"],
+                          metrics["base_source_wer"], job.source_limit, summary["search"]["best"])
     write_json_atomic(run_dir / RESULT_FILE, result)
     emit(event("result", step=steps, total_steps=int(summary.get("total_steps", steps)), dev_wer=at,
                message=decision.reason, result=result))

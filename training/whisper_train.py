@@ -161,7 +161,7 @@ def worker_loop(config: dict) -> dict | None:
     from speechadapt.asr.package import read_card
     from speechadapt.asr.whisper import (HOP, SAMPLE_RATE, TOKENIZER, WINDOW_FRAMES, LogMel, WhisperDecoding, build_torch,
                                          package_state)
-    from speechadapt.training.adapt import CANDIDATE, LOG_EVERY, best_note, emit, event, source_note
+    from speechadapt.training.adapt import CANDIDATE, LOG_EVERY, best_note, source_note, worker_say
     from speechadapt.training.pretrain import CHECKPOINT_FILE, _quiet_reports, rank_gather, report_checkpoint
 
     job = config["job"]
@@ -171,9 +171,7 @@ def worker_loop(config: dict) -> dict | None:
     torch.set_num_threads(max(1, int(job.cpus_per_worker)))
     _quiet_reports(job.log_level)
 
-    def say(**kw) -> None:
-        if rank == 0:
-            emit(event("train", **kw))
+    say = worker_say(job, rank)
 
     gather = rank_gather(world)
 

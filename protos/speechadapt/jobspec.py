@@ -15,13 +15,15 @@ YAML (only `name`, `base_model`, `train_manifest`, `dev_manifest` are required):
     source_replay: 0.2             # default: auto (0.5 of each batch for conformer-CTC bases, 0.25 for Whisper)
     max_epochs: 20
     max_minutes: 10
+    search:                        # optional: a small Ray Tune search instead of one run (SearchSpec)
+      trials: 4
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,40 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # Learning rate by strategy when the spec gives none (AdamW peak, after warmup).
 DEFAULT_LR = {"head": 3e-3, "finetune": 5e-4, "adapters": 2e-3}
+
+
+MAX_TRIALS = 16
+
+
+@dataclass
+class SearchSpec:
+    """`search:` in a job file: trials over strategy, learning rate and source replay, each a Ray Train run on the
+    same cluster, scored on target dev WER among checkpoints within the source limit; the best is evaluated,
+    gated and published like a single run (training.search)."""
+
+    trials: int = 4  # how many runs (1..MAX_TRIALS)
+    budget_minutes: float = 0.0  # 0: each trial trains up to max_minutes; else the whole search's training time
+    strategies: list[str] = field(default_factory=list)  # []: by architecture (head + adapters for Whisper)
+    learning_rates: list[float] = field(default_factory=list)  # []: each strategy's default x 1, 1/3, 3
+    source_replay: list[float] = field(default_factory=list)  # []: the auto share and half of it
+    concurrent: int = 0  # trials at once; 0: as many as the cluster's CPUs hold
+
+    def problems(self) -> list[str]:
+        p: list[str] = []
+        if not 1 <= self.trials <= MAX_TRIALS:
+            p.append(f"search.trials {self.trials}: use 1..{MAX_TRIALS}")
+        if not 0 <= self.budget_minutes <= 24 * 60:
+            p.append(f"search.budget_minutes {self.budget_minutes}: use 0 (none) up to 1440")
+        bad = [s for s in self.strategies if s not in STRATEGIES[1:]]
+        if bad:
+            p.append(f"search.strategies {bad}: use some of {', '.join(STRATEGIES[1:])}")
+        if any(not 0 < v <= 1 for v in self.learning_rates):
+            p.append(f"search.learning_rates {self.learning_rates}: each in (0, 1]")
+        if any(not 0 <= v < 1 for v in self.source_replay):
+            p.append(f"search.source_replay {self.source_replay}: each a fraction in [0, 1)")
+        if not 0 <= self.concurrent <= 64:
+            p.append(f"search.concurrent {self.concurrent}: use 0 (as the cluster allows) up to 64")
+        return p
 
 
 class JobSpecError(ValueError):
@@ -60,6 +96,7 @@ class JobSpec:
     gpus_per_worker: float = 0.0
     seed: int = 0
     max_source_regression: float = 0.02  # promotion gate: largest allowed source WER rise (absolute, 0..1)
+    search: SearchSpec | None = None  # a search over strategy / learning rate / replay instead of one run
 
     # -- conversions
 
@@ -78,6 +115,8 @@ class JobSpec:
         except ConfigError as e:
             raise JobSpecError([f"{where}: {e}"]) from None
         spec.strategy = str(spec.strategy).lower()
+        if spec.search is not None:
+            spec.search.strategies = [str(v).lower() for v in spec.search.strategies]
         problems = spec.problems()
         if problems:
             raise JobSpecError(problems)
@@ -129,6 +168,12 @@ class JobSpec:
             msg.learning_rate = self.learning_rate
         if self.source_replay is not None:
             msg.source_replay = self.source_replay
+        if self.search is not None:
+            s = self.search
+            msg.search.CopyFrom(pb.SearchSpec(
+                trials=s.trials, budget_minutes=s.budget_minutes,
+                strategies=[pb.Strategy.Value(v.upper()) for v in s.strategies if v in STRATEGIES[1:]],
+                learning_rates=s.learning_rates, source_replay=s.source_replay, concurrent=s.concurrent))
         return msg
 
     @classmethod
@@ -147,6 +192,13 @@ class JobSpec:
             if msg.HasField(key):
                 v = getattr(msg, key)
                 data[key] = round(v, 7) if isinstance(v, float) else v  # float32 on the wire
+        if msg.HasField("search"):
+            s = msg.search
+            data["search"] = {
+                "trials": s.trials or SearchSpec.trials, "budget_minutes": round(s.budget_minutes, 7), "concurrent": s.concurrent,
+                "strategies": [pb.Strategy.Name(v).lower() for v in s.strategies],
+                "learning_rates": [round(v, 7) for v in s.learning_rates],
+                "source_replay": [round(v, 7) for v in s.source_replay]}
         return cls.from_dict(data, "spec")
 
     # -- checks on the values (the data itself is checked by speechadapt.asr.manifest.check_manifest)
@@ -184,4 +236,6 @@ class JobSpec:
             p.append(f"gpus_per_worker {self.gpus_per_worker}: must not be negative")
         if not 0 <= self.max_source_regression <= 1:
             p.append(f"max_source_regression {self.max_source_regression}: an absolute WER rise in [0, 1] (0.02 = 2 points)")
+        if self.search is not None:
+            p += self.search.problems()
         return p

@@ -38,7 +38,7 @@ FAILED: JobState
 CANCELLED: JobState
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "base_model", "train_manifest", "dev_manifest", "source_dev_manifest", "strategy", "source_replay", "max_epochs", "max_minutes", "learning_rate", "batch_size", "augment", "workers", "gpus_per_worker", "seed", "max_source_regression")
+    __slots__ = ("name", "base_model", "train_manifest", "dev_manifest", "source_dev_manifest", "strategy", "source_replay", "max_epochs", "max_minutes", "learning_rate", "batch_size", "augment", "workers", "gpus_per_worker", "seed", "max_source_regression", "search")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     TRAIN_MANIFEST_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +55,7 @@ class JobSpec(_message.Message):
     GPUS_PER_WORKER_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     MAX_SOURCE_REGRESSION_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
     name: str
     base_model: str
     train_manifest: str
@@ -71,7 +72,24 @@ class JobSpec(_message.Message):
     gpus_per_worker: float
     seed: int
     max_source_regression: float
-    def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., train_manifest: _Optional[str] = ..., dev_manifest: _Optional[str] = ..., source_dev_manifest: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., source_replay: _Optional[float] = ..., max_epochs: _Optional[int] = ..., max_minutes: _Optional[float] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., augment: _Optional[bool] = ..., workers: _Optional[int] = ..., gpus_per_worker: _Optional[float] = ..., seed: _Optional[int] = ..., max_source_regression: _Optional[float] = ...) -> None: ...
+    search: SearchSpec
+    def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., train_manifest: _Optional[str] = ..., dev_manifest: _Optional[str] = ..., source_dev_manifest: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., source_replay: _Optional[float] = ..., max_epochs: _Optional[int] = ..., max_minutes: _Optional[float] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., augment: _Optional[bool] = ..., workers: _Optional[int] = ..., gpus_per_worker: _Optional[float] = ..., seed: _Optional[int] = ..., max_source_regression: _Optional[float] = ..., search: _Optional[_Union[SearchSpec, _Mapping]] = ...) -> None: ...
+
+class SearchSpec(_message.Message):
+    __slots__ = ("trials", "budget_minutes", "strategies", "learning_rates", "source_replay", "concurrent")
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_MINUTES_FIELD_NUMBER: _ClassVar[int]
+    STRATEGIES_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATES_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_REPLAY_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENT_FIELD_NUMBER: _ClassVar[int]
+    trials: int
+    budget_minutes: float
+    strategies: _containers.RepeatedScalarFieldContainer[Strategy]
+    learning_rates: _containers.RepeatedScalarFieldContainer[float]
+    source_replay: _containers.RepeatedScalarFieldContainer[float]
+    concurrent: int
+    def __init__(self, trials: _Optional[int] = ..., budget_minutes: _Optional[float] = ..., strategies: _Optional[_Iterable[_Union[Strategy, str]]] = ..., learning_rates: _Optional[_Iterable[float]] = ..., source_replay: _Optional[_Iterable[float]] = ..., concurrent: _Optional[int] = ...) -> None: ...
 
 class JobMetrics(_message.Message):
     __slots__ = ("base_target_wer", "adapted_target_wer", "base_source_wer", "adapted_source_wer", "relatedness", "trained_parameters", "total_parameters")
@@ -122,14 +140,16 @@ class Job(_message.Message):
     def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., promoted: _Optional[bool] = ..., reason: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., metrics: _Optional[_Union[JobMetrics, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[JobEvent, _Mapping]] = ..., ray_job_id: _Optional[str] = ...) -> None: ...
 
 class JobReport(_message.Message):
-    __slots__ = ("job_id", "metrics_json", "plot_png")
+    __slots__ = ("job_id", "metrics_json", "plot_png", "search_png")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
     PLOT_PNG_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_PNG_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     metrics_json: bytes
     plot_png: bytes
-    def __init__(self, job_id: _Optional[str] = ..., metrics_json: _Optional[bytes] = ..., plot_png: _Optional[bytes] = ...) -> None: ...
+    search_png: bytes
+    def __init__(self, job_id: _Optional[str] = ..., metrics_json: _Optional[bytes] = ..., plot_png: _Optional[bytes] = ..., search_png: _Optional[bytes] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("job_id", "state", "phase", "step", "total_steps", "loss", "dev_wer", "eta", "time", "message")
