@@ -153,11 +153,13 @@ def warnings_for(r: Relatedness) -> list[str]:
         out.append(f"negative transfer likely: the target audio is far from the source domain (feature distance "
                    f"{r.feature_distance:.2f}, {r.feature_distance / max(r.source_spread, 1e-3):.0f} times the "
                    f"source's own spread) and the base model gets almost nothing right ({r.base_target_wer:.0%} WER). "
-                   f"Expect little from `head`; use `finetune`, more target data, or a base model closer to it.")
+                   f"Expect a small gain at best: more target data, a `search:` over strategies, or a base model closer "
+                   f"to the target may help.")
     elif r.far:
         out.append(f"the target audio is far from the source domain (feature distance {r.feature_distance:.2f}, "
-                   f"{r.feature_distance / max(r.source_spread, 1e-3):.0f} times the source's own spread): the "
-                   f"encoder may need to adapt (`adapters` or `finetune`), and forgetting is the risk to watch.")
+                   f"{r.feature_distance / max(r.source_spread, 1e-3):.0f} times the source's own spread): "
+                   f"which layers must adapt is not known in advance (a `search:` over strategies measures it), and "
+                   f"forgetting is the risk to watch.")
     return out
 
 
