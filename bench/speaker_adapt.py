@@ -66,10 +66,10 @@ def pocketsphinx_wer(manifest: Path) -> float:
     return round(pocketsphinx_on(utts)["wer"], 4)
 
 
-def run_job(store: Path, base: str, paths: dict, work: Path, name: str, strategy: str = "") -> dict:
-    spec = {"name": name, "base_model": base, "train_manifest": str(paths["train"]), "dev_manifest": str(paths["dev"])}
-    if strategy:
-        spec["strategy"] = strategy
+def run_job(store: Path, base: str, paths: dict, work: Path, name: str, **keys) -> dict:
+    """One adaptation job (the four required keys, plus `keys` where given) with its own local Ray head."""
+    spec = {"name": name, "base_model": base, "train_manifest": str(paths["train"]), "dev_manifest": str(paths["dev"]),
+            **{k: v for k, v in keys.items() if v not in ("", None)}}
     (work / "spec.json").write_text(json.dumps(spec))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     t0 = time.monotonic()
@@ -85,6 +85,20 @@ def run_job(store: Path, base: str, paths: dict, work: Path, name: str, strategy
             "choices": [e["message"] for e in events if e["phase"] == "validate" and "auto ->" in e["message"]]}
 
 
+def workspace(prefix: str) -> tuple[Path, Path] | None:
+    """(a new temp folder, an empty model store in it) with the default Whisper model built; None (and a line
+    saying so) without ../shared/data/fsdd."""
+    if not FSDD.is_dir():
+        print(f"{FSDD} is absent: nothing to measure")
+        return None
+    from speechadapt.asr.importers import ensure_default_whisper
+
+    ensure_default_whisper()
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    (work / "store").mkdir()
+    return work, work / "store"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--speakers", default="nicolas,theo")
@@ -97,17 +111,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.out is None:
         args.out = str(ROOT / "bench" / "results" / f"speaker_adapt{'.' + args.strategy if args.strategy else ''}.json")
-    if not FSDD.is_dir():
-        print(f"{FSDD} is absent: nothing to measure")
+    ws = workspace("speaker-adapt-")
+    if ws is None:
         return 0
-    from speechadapt.asr.importers import ensure_default_whisper
+    work_root, store = ws
     from speechadapt.asr.package import read_card
     from speechadapt.asr.store import ModelStore
 
-    ensure_default_whisper()
-    work_root = Path(tempfile.mkdtemp(prefix="speaker-adapt-"))
-    store = work_root / "store"
-    store.mkdir()
     rows = []
     for speaker in args.speakers.split(","):
         base_paths = split(speaker, 10, work_root / speaker / "base")
@@ -117,7 +127,7 @@ def main(argv=None) -> int:
             work = work_root / speaker / str(n)
             paths = split(speaker, n, work)
             name = f"{args.base}-{speaker}-{n}"
-            job = run_job(store, args.base, paths, work, name, args.strategy)
+            job = run_job(store, args.base, paths, work, name, strategy=args.strategy)
             res = job["result"]
             row = {"speaker": speaker, "train_utterances": n, "base_test": base["test"],
                    "pocketsphinx_test_wer": base["pocketsphinx_test_wer"], **job}

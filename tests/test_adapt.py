@@ -382,6 +382,51 @@ def _adapt(tmp_path: Path, store: Path, spec: dict, *, timeout: float, env: dict
     return proc.returncode, parse_events(log), log, run_dir
 
 
+def _stop_when(tmp_path: Path, store: Path, spec: dict, ready, settle: float = 0.0) -> list[dict]:
+    """Start the job as `ray job stop` would see it, SIGTERM it once `ready()` holds (after `settle` seconds more),
+    and check that it reported the cancel, left nothing behind, and that its processes (local Ray head included)
+    all went down; its events."""
+    import threading
+    import time
+
+    from speechadapt.training.adapt import parse_events
+
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    cmd = [sys.executable, "-m", "speechadapt.training.adapt", "--spec", str(tmp_path / "spec.json"), "--store", str(store),
+           "--run-dir", str(tmp_path / "run"), "--job-id", "job-1"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not ready():
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-6000:]
+            time.sleep(0.2)
+        time.sleep(settle)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143, "".join(lines)[-6000:]
+        reader.join(10)
+        events = parse_events("".join(lines))
+        assert events[-1]["phase"] == "error" and events[-1]["message"].startswith("cancelled"), "".join(lines)[-6000:]
+        assert not (tmp_path / "run" / "result.json").exists() and sorted(p.name for p in store.iterdir()) == ["tiny"]
+        for _ in range(60):  # the local Ray head it started went down with it
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("processes of the stopped job are still running")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return events
+
+
 def _spec(target, **kw) -> dict:
     from speechadapt.jobspec import JobSpec
 
@@ -475,47 +520,11 @@ def test_stopped_job_resumes_survives_a_killed_worker_and_is_not_promoted(tmp_pa
     """One sabotaged job (finetune at learning rate 1.0) through everything that can happen to it: stopped by
     SIGTERM (as `ray job stop` does) after its first checkpoint, run again (resumes from that checkpoint), a
     worker killed mid-run (Ray Train resumes from the next checkpoint), then refused by the gate."""
-    import threading
-    import time
-
-    from speechadapt.training.adapt import parse_events
-
     # 120 utterances / (6 x 2 workers) = 10 steps an epoch, 50 steps; dev WER + checkpoint every 10 steps
     spec = _spec(target, strategy="finetune", learning_rate=1.0, max_epochs=5, batch_size=6, augment=False,
                  source_dev_manifest=str(tiny.dev_manifest), source_replay=0.0)
-    (tmp_path / "spec.json").write_text(json.dumps(spec))
-    cmd = [sys.executable, "-m", "speechadapt.training.adapt", "--spec", str(tmp_path / "spec.json"), "--store", str(store),
-           "--run-dir", str(tmp_path / "run"), "--job-id", "job-1"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + 300
-        while not (tmp_path / "run" / "train" / "checkpoint-0000010").is_dir():
-            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-6000:]
-            time.sleep(0.2)
-        time.sleep(2.0)  # the controller registers it
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 143, "".join(lines)[-6000:]
-        reader.join(10)
-        events = parse_events("".join(lines))
-        assert events[-1]["phase"] == "error" and events[-1]["message"].startswith("cancelled"), "".join(lines)[-6000:]
-        assert not (tmp_path / "run" / "result.json").exists() and sorted(p.name for p in store.iterdir()) == ["tiny"]
-        for _ in range(60):  # the local Ray head it started went down with it
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail("processes of the stopped job are still running")
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    _stop_when(tmp_path, store, spec, lambda: (tmp_path / "run" / "train" / "checkpoint-0000010").is_dir(),
+               settle=2.0)  # the controller registers the checkpoint
 
     # the same command again, and rank 1 dies after step 45 (once)
     code, events, log, run_dir = _adapt(tmp_path, store, spec, timeout=360, env={"SPEECHADAPT_FAIL_AT_STEP": "45"})
@@ -559,58 +568,22 @@ def test_auto_defaults_follow_the_architecture_and_the_data_size():
 
 @pytest.mark.slow
 def test_search_job_runs_trials_on_ray_stops_on_sigterm_resumes_and_publishes_the_best(tmp_path, store, target, tiny):
-    """`search:` with 3 trials (adapters, finetune, head by default for a conformer-CTC base), each a Ray Train
+    """`search:` with 2 trials (adapters and finetune, the first two for a conformer-CTC base), each a Ray Train
     run launched by Ray Tune: stopped by SIGTERM once a trial has a checkpoint (every trial process goes down),
     run again to the end; the best trial within the source limit is evaluated, gated and published."""
-    import threading
-    import time
-
-    from speechadapt.training.adapt import parse_events
-
-    spec = _spec(target, workers=1, max_epochs=2, search={"trials": 3})
-    (tmp_path / "spec.json").write_text(json.dumps(spec))
-    cmd = [sys.executable, "-m", "speechadapt.training.adapt", "--spec", str(tmp_path / "spec.json"), "--store", str(store),
-           "--run-dir", str(tmp_path / "run"), "--job-id", "job-1"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + 300
-        while not list((tmp_path / "run" / "trials").glob("*/train/checkpoint-*")):
-            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-6000:]
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 143, "".join(lines)[-6000:]
-        reader.join(10)
-        events = parse_events("".join(lines))
-        assert events[-1]["phase"] == "error" and events[-1]["message"].startswith("cancelled"), "".join(lines)[-6000:]
-        assert any(e["message"].startswith("search: 3 trials") for e in events)
-        assert not (tmp_path / "run" / "result.json").exists() and sorted(p.name for p in store.iterdir()) == ["tiny"]
-        for _ in range(60):  # every trial's processes and the local Ray head went down with the job
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail("processes of the stopped search are still running")
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    spec = _spec(target, workers=1, max_epochs=2, search={"trials": 2})
+    events = _stop_when(tmp_path, store, spec, lambda: bool(list((tmp_path / "run" / "trials").glob("*/train/checkpoint-*"))))
+    assert any(e["message"].startswith("search: 2 trials") for e in events)
 
     code, events, log, run_dir = _adapt(tmp_path, store, spec, timeout=600)
     assert code == 0, log[-6000:]
-    note = next(e["message"] for e in events if e["message"].startswith("search: 3 trials"))
-    assert "1 adapters lr 0.002" in note and "2 finetune lr 0.0005" in note and "3 head lr 0.003" in note, note
-    for i in (1, 2, 3):  # every trial's workers reported, labelled
+    note = next(e["message"] for e in events if e["message"].startswith("search: 2 trials"))
+    assert "1 adapters lr 0.002" in note and "2 finetune lr 0.0005" in note, note
+    for i in (1, 2):  # every trial's workers reported, labelled
         assert any(e["phase"] == "train" and e["message"].startswith(f"trial {i}: ") for e in events), i
     report = json.loads((run_dir / "report" / "metrics.json").read_text())
     rows = report["search"]["trials"]
-    assert [r["strategy"] for r in rows] == ["adapters", "finetune", "head"] and all(r["status"] == "done" for r in rows)
+    assert [r["strategy"] for r in rows] == ["adapters", "finetune"] and all(r["status"] == "done" for r in rows)
     scored = [r for r in rows if r["best_dev_wer"] is not None]
     best = min(scored, key=lambda r: r["best_dev_wer"])
     assert report["search"]["best"] == best["index"] and report["search"]["concurrent"] >= 1
@@ -624,7 +597,7 @@ def test_search_job_runs_trials_on_ray_stops_on_sigterm_resumes_and_publishes_th
 
     lin = read_card(store / "tiny-scottish" / "1").lineage
     assert lin["strategy"] == best["strategy"] and lin["spec"]["learning_rate"] == best["lr"]
-    assert lin["spec"]["search"]["trials"] == 3
+    assert lin["spec"]["search"]["trials"] == 2
 
 
 def test_search_spec_is_checked_survives_the_wire_and_designs_trials():
