@@ -18,7 +18,9 @@ Two parts:
   resumes from its last checkpoint.
 
 * `AdaptationService` is the gRPC surface: it checks requests (every problem listed at once, in the status the
-  contract gives) and turns records into messages.
+  contract gives) and turns records into messages. With --auth-tokens (server/auth.py) a job records the name
+  of the token that submitted it (`owner`); an `adapt` caller sees, watches and cancels only its own jobs
+  (another owner's job is NOT_FOUND, as if it did not exist), `admin` all of them.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from speechadapt.jobspec import DATA_URI, JobSpec, JobSpecError
+from speechadapt.server.auth import CALLER, Caller
 from speechadapt.server.datastore import DataStore, UploadError, check_sha
 from speechadapt.server.jobs import (CANCELLED, FAILED, QUEUED, RUNNING, STATES, SUCCEEDED, TERMINAL, JobNotFound,
                                      JobRecord, JobStore)
@@ -140,12 +143,12 @@ class JobManager:
 
     # -- submission
 
-    def submit(self, spec: JobSpec) -> JobRecord:
-        """Record a checked spec as a QUEUED job and start running it."""
+    def submit(self, spec: JobSpec, owner: str = "") -> JobRecord:
+        """Record a checked spec as a QUEUED job of `owner` and start running it."""
         job_id = f"job-{uuid.uuid4().hex[:12]}"
         while (self.runs_dir / job_id).exists():  # never reuse a run folder (a clash is astronomically rare)
             job_id = f"job-{uuid.uuid4().hex[:12]}"
-        job = self.store.create(spec.to_dict(), self.runs_dir / job_id, job_id=job_id)
+        job = self.store.create(spec.to_dict(), self.runs_dir / job_id, job_id=job_id, owner=owner)
         self._spawn(job.id, resume=False)
         return job
 
@@ -418,7 +421,7 @@ def job_message(job: JobRecord) -> pb.Job:
             total_parameters=int(num("total_parameters")),
         ),
         create_time=_ts(job.create_time), start_time=_ts(job.start_time), end_time=_ts(job.end_time),
-        ray_job_id=job.ray_job_id,
+        ray_job_id=job.ray_job_id, owner=job.owner,
     )
     if job.progress:
         msg.progress.CopyFrom(event_message(job.id, job.progress))
@@ -476,18 +479,37 @@ class AdaptationUnavailable(pb_grpc.AdaptationServicer):
 
 
 class AdaptationService(pb_grpc.AdaptationServicer):
-    def __init__(self, manager: JobManager, registry: ModelRegistry, max_upload_bytes: int):
+    """`authenticated`: the server checks tokens (server/auth.py), so every call has a caller, and jobs are
+    owned; otherwise every caller sees every job."""
+
+    def __init__(self, manager: JobManager, registry: ModelRegistry, max_upload_bytes: int,
+                 authenticated: bool = False):
         self.manager, self.registry, self.max_upload_bytes = manager, registry, max_upload_bytes
+        self.authenticated = authenticated
         self.data: DataStore = manager.data
         self.store: JobStore = manager.store
 
+    async def _caller(self, context) -> Caller | None:
+        """Who calls (None on an open server). A call that reached here without one on an authenticated server
+        is refused (the interceptor sets it; this guards against a path around it)."""
+        caller = CALLER.get()
+        if caller is None and self.authenticated:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no caller identity for this call: send "
+                                "'authorization: Bearer <token>'")
+        return caller
+
     async def _job(self, job_id: str, context) -> JobRecord:
+        """The job, if this caller may see it; NOT_FOUND (as for a job that does not exist) otherwise."""
+        caller = await self._caller(context)
         if not job_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "id is empty: give the job id SubmitJob returned")
         try:
-            return self.store.get(job_id)
+            job = self.store.get(job_id)
         except JobNotFound:
+            job = None
+        if job is None or (caller is not None and not caller.sees(job.owner)):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {job_id!r} on this server (ListJobs shows them)")
+        return job
 
     # -- jobs
 
@@ -495,6 +517,7 @@ class AdaptationService(pb_grpc.AdaptationServicer):
         from speechadapt.asr import ModelNotFound
         from speechadapt.asr.package import PackageError, data_tokenizer, read_card
 
+        caller = await self._caller(context)
         if not request.HasField("spec"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "spec is missing: give a JobSpec with at least name, "
                                 "base_model, train_manifest and dev_manifest")
@@ -531,7 +554,7 @@ class AdaptationService(pb_grpc.AdaptationServicer):
         reason = RayBackend.unavailable()
         if reason:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, reason)
-        return job_message(self.manager.submit(spec))
+        return job_message(self.manager.submit(spec, owner=caller.name if caller is not None else ""))
 
     def _in_client_terms(self, problem: str, spec: JobSpec, resolved: JobSpec) -> str:
         """A problem about server-side files, in the names the client used: data URIs and blob sha256s."""
@@ -545,6 +568,7 @@ class AdaptationService(pb_grpc.AdaptationServicer):
         return job_message(await self._job(request.id, context))
 
     async def ListJobs(self, request, context):
+        caller = await self._caller(context)
         states = []
         for s in request.states:
             if s not in pb.JobState.values() or s == pb.JOB_STATE_UNSPECIFIED:
@@ -561,7 +585,8 @@ class AdaptationService(pb_grpc.AdaptationServicer):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_token: pass the next_page_token of the "
                                     "previous ListJobs response unchanged")
             before = int(request.page_token)
-        jobs = self.store.list(states, limit=size + 1, before_seq=before)
+        owner = None if caller is None or caller.admin else caller.name
+        jobs = self.store.list(states, limit=size + 1, before_seq=before, owner=owner)
         more = len(jobs) > size
         jobs = jobs[:size]
         return pb.ListJobsResponse(jobs=[job_message(j) for j in jobs],

@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from speechadapt.server.adaptation import AdaptationService, AdaptationUnavailable, JobManager
+from speechadapt.server.auth import AuthInterceptor, Authenticator, is_loopback
 from speechadapt.server.batcher import BatchConfig, Batcher
 from speechadapt.server.config import ServerConfig
 from speechadapt.server.datastore import DataStore
@@ -42,6 +43,8 @@ class SpeechServer:
 
     def __init__(self, config: ServerConfig):
         self.config = config
+        # the token file is read first: a bad one stops the server before it loads anything (TokenFileError)
+        self.auth = Authenticator(config.auth_tokens) if config.auth_tokens else None
         torch.set_num_threads(config.threads or config.cores)
         self.registry = ModelRegistry(config.model_store, config.default_model, config.device,
                                       memory_budget_bytes=config.model_memory_mb * 1024 * 1024, threads=config.threads)
@@ -52,6 +55,13 @@ class SpeechServer:
         self.port: int | None = None
         self.jobs: JobManager | None = None
 
+    def reload_auth(self) -> bool:
+        """Re-read the --auth-tokens file (SIGHUP); a bad file keeps the current tokens (logged). True if reloaded."""
+        if self.auth is None:
+            log.info("no --auth-tokens file to reload: the server is open")
+            return False
+        return self.auth.reload()
+
     async def start(self) -> int:
         opts = [
             ("grpc.max_receive_message_length", self.config.max_message_bytes),
@@ -59,13 +69,15 @@ class SpeechServer:
             ("grpc.so_reuseport", 0),
         ]
         await asyncio.to_thread(self.registry.prepare_default)
-        server = grpc.aio.server(options=opts)
+        interceptors = [AuthInterceptor(self.auth)] if self.auth is not None else None
+        server = grpc.aio.server(options=opts, interceptors=interceptors)
         state = self.config.state_path
         try:
             self.jobs = JobManager(JobStore(state / "jobs.sqlite"), DataStore(state / "data", self.config.max_blob_bytes),
                                    RayBackend(self.config.ray_address, state, self.config.ray_num_cpus),
                                    self.config.model_store, state / "runs")
-            adaptation = AdaptationService(self.jobs, self.registry, self.config.max_upload_bytes)
+            adaptation = AdaptationService(self.jobs, self.registry, self.config.max_upload_bytes,
+                                           authenticated=self.auth is not None)
         except (OSError, sqlite3.Error) as e:  # recognition still works; adaptation calls say why they cannot
             log.error("adaptation is unavailable: cannot use the state dir %s: %s", state, e)
             self.jobs = None
@@ -79,7 +91,10 @@ class SpeechServer:
         reflection.enable_server_reflection(SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
         address = f"{self.config.host}:{self.config.port}"
         if self.config.tls_cert:
-            creds = grpc.ssl_server_credentials([(self.config.tls_key.read_bytes(), self.config.tls_cert.read_bytes())])
+            ca = self.config.tls_client_ca
+            creds = grpc.ssl_server_credentials([(self.config.tls_key.read_bytes(), self.config.tls_cert.read_bytes())],
+                                                root_certificates=ca.read_bytes() if ca else None,
+                                                require_client_auth=ca is not None)
             self.port = server.add_secure_port(address, creds)
         else:
             self.port = server.add_insecure_port(address)
@@ -91,8 +106,13 @@ class SpeechServer:
         self.server = server
         if self.jobs is not None:
             await self.jobs.start()
-        log.info("serving on %s:%d (%s), model store %s, state %s", self.config.host, self.port,
-                 "TLS" if self.config.tls_cert else "plaintext", self.config.model_store, state)
+        transport = ("mTLS" if self.config.tls_client_ca else "TLS") if self.config.tls_cert else "plaintext"
+        access = f"{len(self.auth.table)} bearer tokens" if self.auth is not None else "no authentication"
+        log.info("serving on %s:%d (%s, %s), model store %s, state %s", self.config.host, self.port, transport,
+                 access, self.config.model_store, state)
+        if self.auth is None and not is_loopback(self.config.host):
+            log.warning("the server is unauthenticated and listens on %s: anyone who reaches the port may recognise, "
+                        "run jobs and read every job; start it with --auth-tokens FILE", self.config.host)
         return self.port
 
     async def stop(self, grace: float = 2.0) -> None:
@@ -116,13 +136,14 @@ async def _serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, srv.reload_auth)
     await stop.wait()
     log.info("shutting down")
     await srv.stop()
 
 
 def run(config: ServerConfig) -> int:
-    """Serve until SIGINT or SIGTERM. Returns an exit code."""
+    """Serve until SIGINT or SIGTERM (SIGHUP re-reads the --auth-tokens file). Returns an exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config.model_store.mkdir(parents=True, exist_ok=True)
     asyncio.run(_serve(config))

@@ -17,6 +17,10 @@ class ServerConfig:
     default_model: str | None = None  # what requests without config.model get; None: whisper-tiny-en, else base-en
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # mTLS: a CA certificate (PEM); clients must present a certificate it signed (needs tls_cert/tls_key).
+    tls_client_ca: Path | None = None
+    # Bearer tokens and roles (server/auth.py): one "TOKEN ROLE[,ROLE] [NAME]" per line; None: an open server.
+    auth_tokens: Path | None = None
     max_streams: int = 64  # concurrent recognitions; more get RESOURCE_EXHAUSTED
     max_message_bytes: int = 8 * MIB
     device: str = "cpu"
@@ -39,6 +43,8 @@ class ServerConfig:
     def __post_init__(self):
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (client certificates) needs the server's own tls_cert and tls_key")
         if self.max_streams < 1:
             raise ValueError("max_streams must be at least 1")
         if self.max_message_bytes < 64 * 1024:

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     progress TEXT NOT NULL DEFAULT '{}',
     ray_job_id TEXT NOT NULL DEFAULT '',
     attempt INTEGER NOT NULL DEFAULT 0,
-    run_dir TEXT NOT NULL
+    run_dir TEXT NOT NULL,
+    owner TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE TABLE IF NOT EXISTS events (
@@ -79,6 +80,7 @@ class JobRecord:
     ray_job_id: str = ""  # submission id of the latest attempt
     attempt: int = 0  # 0 until first submitted
     seq: int = 0  # creation order
+    owner: str = ""  # the name of the token that submitted it ("" on a server without --auth-tokens)
 
     @property
     def terminal(self) -> bool:
@@ -100,6 +102,10 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "owner" not in columns:  # a database from before job owners: its jobs have none (admin sees them)
+            self._db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq)")
 
     def close(self) -> None:
         with self._lock:
@@ -107,16 +113,16 @@ class JobStore:
 
     # -- jobs
 
-    def create(self, spec: dict, run_dir: str | Path, job_id: str | None = None) -> JobRecord:
-        """A new QUEUED job (with its first event); its id is `job-<12 hex digits>` unless given."""
+    def create(self, spec: dict, run_dir: str | Path, job_id: str | None = None, owner: str = "") -> JobRecord:
+        """A new QUEUED job (with its first event) of `owner`; its id is `job-<12 hex digits>` unless given."""
         job_id = job_id or f"job-{uuid.uuid4().hex[:12]}"
         now = time.time()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute(
-                    "INSERT INTO jobs (id, spec, state, create_time, run_dir) VALUES (?, ?, ?, ?, ?)",
-                    (job_id, json.dumps(spec), QUEUED, now, str(run_dir)),
+                    "INSERT INTO jobs (id, spec, state, create_time, run_dir, owner) VALUES (?, ?, ?, ?, ?, ?)",
+                    (job_id, json.dumps(spec), QUEUED, now, str(run_dir), owner),
                 )
                 self._insert_event(job_id, 0, False, {"state": QUEUED, "phase": "queued", "message": "job queued", "time": now})
                 self._db.execute("COMMIT")
@@ -132,9 +138,14 @@ class JobStore:
             raise JobNotFound(job_id)
         return _record(row)
 
-    def list(self, states: list[str] | None = None, limit: int = 50, before_seq: int | None = None) -> list[JobRecord]:
-        """Newest first; only `states` when given; only jobs created before the one with `before_seq` (paging)."""
+    def list(self, states: list[str] | None = None, limit: int = 50, before_seq: int | None = None,
+             owner: str | None = None) -> list[JobRecord]:
+        """Newest first; only `states` when given; only jobs created before the one with `before_seq` (paging);
+        only the jobs of `owner` when given."""
         sql, args = f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE 1=1", []
+        if owner is not None:
+            sql += " AND owner = ?"
+            args.append(owner)
         if states:
             sql += f" AND state IN ({', '.join('?' * len(states))})"
             args += list(states)
@@ -157,7 +168,7 @@ class JobStore:
 
     def update(self, job_id: str, **values) -> JobRecord:
         """Set fields of a job (names of JobRecord fields); returns the updated record."""
-        bad = set(values) - (set(_COLUMNS) - {"id", "seq"})
+        bad = set(values) - (set(_COLUMNS) - {"id", "seq", "owner"})
         if bad:
             raise ValueError(f"cannot update job fields {sorted(bad)}")
         if values:

@@ -110,7 +110,7 @@ class JobMetrics(_message.Message):
     def __init__(self, base_target_wer: _Optional[float] = ..., adapted_target_wer: _Optional[float] = ..., base_source_wer: _Optional[float] = ..., adapted_source_wer: _Optional[float] = ..., relatedness: _Optional[float] = ..., trained_parameters: _Optional[int] = ..., total_parameters: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "spec", "state", "promoted", "reason", "model", "version", "metrics", "create_time", "start_time", "end_time", "progress", "ray_job_id")
+    __slots__ = ("id", "spec", "state", "promoted", "reason", "model", "version", "metrics", "create_time", "start_time", "end_time", "progress", "ray_job_id", "owner")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +124,7 @@ class Job(_message.Message):
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     RAY_JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: JobSpec
     state: JobState
@@ -137,7 +138,8 @@ class Job(_message.Message):
     end_time: _timestamp_pb2.Timestamp
     progress: JobEvent
     ray_job_id: str
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., promoted: _Optional[bool] = ..., reason: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., metrics: _Optional[_Union[JobMetrics, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[JobEvent, _Mapping]] = ..., ray_job_id: _Optional[str] = ...) -> None: ...
+    owner: str
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., promoted: _Optional[bool] = ..., reason: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., metrics: _Optional[_Union[JobMetrics, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[JobEvent, _Mapping]] = ..., ray_job_id: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class JobReport(_message.Message):
     __slots__ = ("job_id", "metrics_json", "plot_png", "search_png")
