@@ -12,8 +12,8 @@ import grpc
 import grpc.aio
 
 from speechadapt.client import jobs
-from speechadapt.client._grpc import (LOST_STATUS_RETRIES, Config, RequestFeed, WaitClock, channel_credentials,
-                                      check_target, file_config, lost_status)
+from speechadapt.client._grpc import (LOST_STATUS_RETRIES, Config, RequestFeed, WaitClock, auth_metadata,
+                                      channel_credentials, check_target, file_config, lost_status)
 from speechadapt.client.audio import apaced, bytes_per_second, pcm_chunks, read_audio
 from speechadapt.client.types import Job, JobEvent, ModelInfo, Result, SpeechAdaptError
 from speechadapt.client.upload import DEFAULT_CHUNK_BYTES, ProgressCallback, Upload, read_local_manifest
@@ -37,12 +37,15 @@ class AsyncSpeechClient:
     """
 
     def __init__(self, target: str, *, tls: bool = False, root_certificates: bytes | str | Path | None = None,
-                 timeout: float | None = None, options: Iterable[tuple[str, Any]] | None = None):
+                 timeout: float | None = None, options: Iterable[tuple[str, Any]] | None = None,
+                 token: str | None = None, tls_client_cert: bytes | str | Path | None = None,
+                 tls_client_key: bytes | str | Path | None = None):
         self.target = check_target(target)
+        self._metadata = auth_metadata(token) or None
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be positive seconds or None, not {timeout}")
         self.timeout = timeout
-        self._credentials = channel_credentials(tls, root_certificates)
+        self._credentials = channel_credentials(tls, root_certificates, tls_client_cert, tls_client_key)
         self._options = list(options or ())
         self._channel: grpc.aio.Channel | None = None
 
@@ -98,7 +101,7 @@ class AsyncSpeechClient:
         return self._stream(feed, chunks)
 
     async def _stream(self, feed: RequestFeed, chunks: Iterable[bytes] | AsyncIterable[bytes]) -> AsyncIterator[Result]:
-        call = self._recognizer.StreamingRecognize(feed.aio(chunks), timeout=self.timeout)
+        call = self._recognizer.StreamingRecognize(feed.aio(chunks), timeout=self.timeout, metadata=self._metadata)
         try:
             async for resp in call:
                 for result in feed.results(resp):
@@ -173,7 +176,7 @@ class AsyncSpeechClient:
                 raise limited
             held = up.held()
             try:
-                resp = await self._adaptation.UploadData(up.arequests(), timeout=self.timeout)
+                resp = await self._adaptation.UploadData(up.arequests(), timeout=self.timeout, metadata=self._metadata)
                 break
             except grpc.RpcError as e:
                 up.raise_error()
@@ -241,7 +244,8 @@ class AsyncSpeechClient:
         return self._watch(jobs.check_id(job_id), timeout)
 
     async def _watch(self, job_id: str, timeout: float | None) -> AsyncIterator[JobEvent]:
-        call = self._adaptation.WatchJob(adaptation_pb2.WatchJobRequest(id=job_id), timeout=timeout)
+        call = self._adaptation.WatchJob(adaptation_pb2.WatchJobRequest(id=job_id), timeout=timeout,
+                                         metadata=self._metadata)
         try:
             async for msg in call:
                 ev = JobEvent.from_proto(msg)
@@ -283,6 +287,6 @@ class AsyncSpeechClient:
 
     async def _call(self, method, request):
         try:
-            return await method(request, timeout=self.timeout)
+            return await method(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as e:
             raise SpeechAdaptError.from_rpc(e) from e

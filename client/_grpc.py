@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from pathlib import Path
@@ -27,26 +28,66 @@ def lost_status(error: grpc.RpcError) -> bool:
     return error.code() == grpc.StatusCode.INTERNAL and "execute_batch" in debug and "SendMessage" in debug
 
 
-def channel_credentials(tls: bool, root_certificates: bytes | str | Path | None) -> grpc.ChannelCredentials | None:
-    """TLS credentials when `tls` or root certificates are given, else None (plaintext).
+TOKEN_ENV = "SPEECHADAPT_TOKEN"
+
+
+def _pem(value: bytes | str | Path, arg: str, what: str, marker: bytes, hint: str) -> bytes:
+    """PEM bytes from bytes, PEM text or the path of a PEM file (`arg`: the argument, `what`: what it holds)."""
+    if isinstance(value, (bytes, bytearray)):
+        pem = bytes(value)
+    elif isinstance(value, str) and value.lstrip().startswith("-----BEGIN"):
+        pem = value.encode()
+    else:
+        p = Path(value)
+        if not p.is_file():
+            raise FileNotFoundError(f"{what} file not found: {p} ({hint})")
+        pem = p.read_bytes()
+    if marker not in pem:
+        raise ValueError(f"{arg} is not a PEM {what} (no '{marker.decode()}' line)")
+    return pem
+
+
+def channel_credentials(tls: bool, root_certificates: bytes | str | Path | None,
+                        client_cert: bytes | str | Path | None = None,
+                        client_key: bytes | str | Path | None = None) -> grpc.ChannelCredentials | None:
+    """TLS credentials when `tls`, root certificates or a client certificate are given, else None (plaintext).
 
     `root_certificates` is PEM bytes or the path of a PEM file; without it the
-    system's trusted roots are used.
+    system's trusted roots are used. `client_cert` and `client_key` (together) are
+    the certificate chain and private key this client presents to a server that
+    requires client certificates (mTLS, `serve --tls-client-ca`).
     """
-    if root_certificates is None:
-        return grpc.ssl_channel_credentials() if tls else None
-    if isinstance(root_certificates, (bytes, bytearray)):
-        pem = bytes(root_certificates)
-    elif isinstance(root_certificates, str) and root_certificates.lstrip().startswith("-----BEGIN"):
-        pem = root_certificates.encode()
-    else:
-        p = Path(root_certificates)
-        if not p.is_file():
-            raise FileNotFoundError(f"CA certificate file not found: {p} (give the PEM the server's certificate chains to)")
-        pem = p.read_bytes()
-    if b"-----BEGIN CERTIFICATE-----" not in pem:
-        raise ValueError("root_certificates is not a PEM certificate (no '-----BEGIN CERTIFICATE-----' line)")
-    return grpc.ssl_channel_credentials(root_certificates=pem)
+    if (client_cert is None) != (client_key is None):
+        raise ValueError("a client certificate and its key go together (--tls-cert and --tls-key; tls_client_cert and "
+                         "tls_client_key): give both or neither")
+    pem = None
+    if root_certificates is not None:
+        pem = _pem(root_certificates, "root_certificates", "CA certificate", b"-----BEGIN CERTIFICATE-----",
+                   "give the PEM the server's certificate chains to")
+    if client_cert is None:
+        if pem is None:
+            return grpc.ssl_channel_credentials() if tls else None
+        return grpc.ssl_channel_credentials(root_certificates=pem)
+    chain = _pem(client_cert, "tls_client_cert", "client certificate", b"-----BEGIN CERTIFICATE-----",
+                 "the certificate this client presents")
+    key = _pem(client_key, "tls_client_key", "private key", b"PRIVATE KEY-----", "the key of the client certificate")
+    return grpc.ssl_channel_credentials(root_certificates=pem, private_key=key, certificate_chain=chain)
+
+
+def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The `authorization: Bearer <token>` metadata of every call; `token` None: $SPEECHADAPT_TOKEN, "" or
+    unset: no token. The token itself never appears in an error message."""
+    if token is None:
+        token = os.environ.get(TOKEN_ENV, "")
+    if not isinstance(token, str):
+        raise TypeError(f"token must be a str, not {type(token).__name__}")
+    token = token.strip()
+    if not token:
+        return ()
+    if not all("\x21" <= c <= "\x7e" for c in token):
+        raise ValueError(f"the token (argument or ${TOKEN_ENV}) has spaces or characters other than printable ASCII; "
+                         "give the token exactly as the server's admin issued it")
+    return (("authorization", f"Bearer {token}"),)
 
 
 def check_target(target: str) -> str:

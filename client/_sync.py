@@ -10,7 +10,8 @@ from typing import Any
 import grpc
 
 from speechadapt.client import jobs
-from speechadapt.client._grpc import Config, RequestFeed, WaitClock, channel_credentials, check_target, file_config
+from speechadapt.client._grpc import (Config, RequestFeed, WaitClock, auth_metadata, channel_credentials, check_target,
+                                      file_config)
 from speechadapt.client.audio import bytes_per_second, paced, pcm_chunks, read_audio
 from speechadapt.client.types import Job, JobEvent, ModelInfo, Result, SpeechAdaptError
 from speechadapt.client.upload import DEFAULT_CHUNK_BYTES, ProgressCallback, Upload, read_local_manifest
@@ -27,7 +28,12 @@ class SpeechClient:
     (seconds) is the deadline of every call, streams and uploads included,
     except watch_job and wait_job, which take their own (jobs run for
     minutes); None: no deadline. `options` are extra grpc channel options.
-    Failed calls raise SpeechAdaptError ("CODE: details").
+    `token` is sent as `authorization: Bearer <token>` metadata on every call
+    (servers started with --auth-tokens); None: $SPEECHADAPT_TOKEN if set.
+    `tls_client_cert` / `tls_client_key` (PEM bytes or file paths, together)
+    are presented to a server that requires client certificates (mTLS).
+    Failed calls raise SpeechAdaptError ("CODE: details"); a missing or unknown
+    token is UNAUTHENTICATED, a token without the method's role PERMISSION_DENIED.
 
         with SpeechClient("127.0.0.1:50051") as client:
             for result in client.stream_file("call.wav"):
@@ -38,12 +44,15 @@ class SpeechClient:
     """
 
     def __init__(self, target: str, *, tls: bool = False, root_certificates: bytes | str | Path | None = None,
-                 timeout: float | None = None, options: Iterable[tuple[str, Any]] | None = None):
+                 timeout: float | None = None, options: Iterable[tuple[str, Any]] | None = None,
+                 token: str | None = None, tls_client_cert: bytes | str | Path | None = None,
+                 tls_client_key: bytes | str | Path | None = None):
         self.target = check_target(target)
+        self._metadata = auth_metadata(token) or None
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be positive seconds or None, not {timeout}")
         self.timeout = timeout
-        creds = channel_credentials(tls, root_certificates)
+        creds = channel_credentials(tls, root_certificates, tls_client_cert, tls_client_key)
         opts = list(options or ())
         self.channel = (grpc.secure_channel(self.target, creds, opts) if creds
                         else grpc.insecure_channel(self.target, opts))
@@ -76,7 +85,7 @@ class SpeechClient:
         return self._stream(feed, chunks)
 
     def _stream(self, feed: RequestFeed, chunks: Iterable[bytes]) -> Iterator[Result]:
-        call = self._recognizer.StreamingRecognize(feed.sync(chunks), timeout=self.timeout)
+        call = self._recognizer.StreamingRecognize(feed.sync(chunks), timeout=self.timeout, metadata=self._metadata)
         try:
             for resp in call:
                 for result in feed.results(resp):
@@ -158,7 +167,7 @@ class SpeechClient:
                 raise limited  # the last call added nothing: the limit is not per call (e.g. one file too large)
             held = up.held()
             try:
-                resp = self._adaptation.UploadData(up.requests(), timeout=self.timeout)
+                resp = self._adaptation.UploadData(up.requests(), timeout=self.timeout, metadata=self._metadata)
                 break
             except grpc.RpcError as e:
                 up.raise_error()
@@ -236,7 +245,8 @@ class SpeechClient:
         return self._watch(jobs.check_id(job_id), timeout)
 
     def _watch(self, job_id: str, timeout: float | None) -> Iterator[JobEvent]:
-        call = self._adaptation.WatchJob(adaptation_pb2.WatchJobRequest(id=job_id), timeout=timeout)
+        call = self._adaptation.WatchJob(adaptation_pb2.WatchJobRequest(id=job_id), timeout=timeout,
+                                         metadata=self._metadata)
         try:
             for msg in call:
                 ev = JobEvent.from_proto(msg)
@@ -282,6 +292,6 @@ class SpeechClient:
 
     def _call(self, method, request):
         try:
-            return method(request, timeout=self.timeout)
+            return method(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as e:
             raise SpeechAdaptError.from_rpc(e) from e

@@ -80,7 +80,7 @@ def _transcribe(args: argparse.Namespace) -> int:
         return _error(f"audio file not found: {missing[0]}", EXIT_USAGE)
     human = None if args.json else _HumanPrinter(sys.stdout)
     try:
-        with SpeechClient(args.server, tls=args.tls, root_certificates=args.ca_cert) as client:
+        with _client(args) as client:
             for file in args.files:
                 results = client.stream_file(file, model=args.model, interim_results=args.interim,
                                              realtime=args.realtime, phrases=args.phrase, boost=args.boost,
@@ -156,7 +156,7 @@ def _print_model(m: ModelInfo, out: TextIO) -> None:
 
 def _models_list(args: argparse.Namespace) -> int:
     try:
-        with SpeechClient(args.server, tls=args.tls, root_certificates=args.ca_cert) as client:
+        with _client(args) as client:
             models = client.list_models(name=args.name, all_versions=args.all_versions)
     except SpeechAdaptError as e:
         return _error(e, EXIT_FAIL)
@@ -174,7 +174,7 @@ def _models_list(args: argparse.Namespace) -> int:
 
 def _models_get(args: argparse.Namespace) -> int:
     try:
-        with SpeechClient(args.server, tls=args.tls, root_certificates=args.ca_cert) as client:
+        with _client(args) as client:
             m = client.get_model(args.ref)
     except SpeechAdaptError as e:
         return _error(e, EXIT_FAIL)
@@ -191,7 +191,10 @@ def _models_get(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> SpeechClient:
-    return SpeechClient(args.server, tls=args.tls, root_certificates=args.ca_cert)
+    """The client of a connecting command: --server, TLS options and the bearer token (--token, else
+    $SPEECHADAPT_TOKEN). UNAUTHENTICATED / PERMISSION_DENIED end the command with the server's message, exit 1."""
+    return SpeechClient(args.server, tls=args.tls, root_certificates=args.ca_cert, token=args.token,
+                        tls_client_cert=args.tls_cert, tls_client_key=args.tls_key)
 
 
 def _problems(title: str, problems: list[str]) -> int:
@@ -447,6 +450,8 @@ def _serve(args: argparse.Namespace) -> int:
             host=args.host, port=args.port, model_store=Path(args.model_store), default_model=args.default_model,
             tls_cert=Path(args.tls_cert) if args.tls_cert else None,
             tls_key=Path(args.tls_key) if args.tls_key else None,
+            tls_client_ca=Path(args.tls_client_ca) if args.tls_client_ca else None,
+            auth_tokens=Path(args.auth_tokens) if args.auth_tokens else None,
             max_streams=args.max_streams, max_message_bytes=args.max_message_mb * 1024 * 1024, device=args.device,
             state_dir=Path(args.state_dir) if args.state_dir else None, ray_address=args.ray_address,
             model_memory_mb=args.model_memory_mb, max_blob_bytes=args.max_upload_mb * 1024 * 1024,
@@ -553,6 +558,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"server address (default: $SPEECHADAPT_SERVER or {DEFAULT_SERVER}; now {server_default})")
     conn.add_argument("--tls", action="store_true", help="connect with TLS (system root certificates)")
     conn.add_argument("--ca-cert", metavar="PEM", help="CA certificate (PEM file) to trust; implies --tls")
+    conn.add_argument("--tls-cert", metavar="PEM", help="client certificate (PEM) for a server that requires one "
+                      "(serve --tls-client-ca); with --tls-key; implies --tls")
+    conn.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert (PEM)")
+    token_set = "set" if os.environ.get("SPEECHADAPT_TOKEN", "").strip() else "not set"
+    conn.add_argument("--token", default=None, metavar="TOKEN",
+                      help="bearer token for a server started with --auth-tokens (default: $SPEECHADAPT_TOKEN, now "
+                           f"{token_set}; the variable keeps it out of the process list)")
 
     parser = argparse.ArgumentParser(prog="speechadapt", description="Open speech adaptation platform: "
                                      "streaming recognition client, model server, evaluation.")
@@ -620,6 +632,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--default-model", default=None, metavar="REF", help="model for requests that name none")
     p.add_argument("--tls-cert", metavar="PEM", help="server certificate chain (with --tls-key)")
     p.add_argument("--tls-key", metavar="PEM", help="server private key (with --tls-cert)")
+    p.add_argument("--tls-client-ca", metavar="PEM",
+                   help="require client certificates signed by this CA (mTLS; needs --tls-cert/--tls-key)")
+    p.add_argument("--auth-tokens", metavar="FILE",
+                   help="require bearer tokens: one 'TOKEN ROLE[,ROLE] [NAME]' per line, roles recognize, adapt, "
+                        "admin; re-read on SIGHUP (default: no authentication)")
     p.add_argument("--max-streams", type=_positive_int, default=64, metavar="N",
                    help="concurrent recognitions (default: 64)")
     p.add_argument("--max-message-mb", type=_positive_int, default=8, metavar="N",
@@ -650,6 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_serve(args: argparse.Namespace, *, parser: argparse.ArgumentParser) -> None:
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together; give both or neither")
+    if args.tls_client_ca and not args.tls_cert:
+        parser.error("--tls-client-ca needs the server's own --tls-cert and --tls-key")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -253,7 +253,7 @@ def job_details(job: Job) -> list[tuple[str, str]]:
     for label, t in (("created", job.create_time), ("started", job.start_time), ("ended", job.end_time)):
         if t is not None:
             rows.append((label, t.isoformat(timespec="seconds").replace("+00:00", "Z")))
-    rows.append(("ray job", job.ray_job_id))
+    rows += [("ray job", job.ray_job_id), ("owner", job.owner)]
     return [(k, v) for k, v in rows if v]
 
 

@@ -422,6 +422,7 @@ class Job:
     end_time: datetime | None = None
     progress: JobEvent | None = None
     ray_job_id: str = ""
+    owner: str = ""  # the token name that submitted it (servers with --auth-tokens), else ""
 
     @property
     def ended(self) -> bool:
@@ -459,7 +460,7 @@ class Job:
             metrics=JobMetrics.from_proto(j.metrics) if j.HasField("metrics") else JobMetrics(),
             create_time=_time(j, "create_time"), start_time=_time(j, "start_time"), end_time=_time(j, "end_time"),
             progress=JobEvent.from_proto(j.progress) if j.HasField("progress") else None,
-            ray_job_id=j.ray_job_id,
+            ray_job_id=j.ray_job_id, owner=j.owner,
         )
 
     def record(self) -> dict[str, Any]:
@@ -470,14 +471,14 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything, JSON-ready: the record's keys (metrics with all their fields) plus spec, times
-        (ISO 8601 UTC), progress and ray_job_id."""
+        (ISO 8601 UTC), progress, ray_job_id and owner."""
         d = self.record()
         d["metrics"] = self.metrics.to_dict()
         d.update(
             spec=self.spec.to_dict() if self.spec is not None else None,
             create_time=_iso(self.create_time), start_time=_iso(self.start_time), end_time=_iso(self.end_time),
             progress=self.progress.to_dict() if self.progress is not None else None,
-            ray_job_id=self.ray_job_id,
+            ray_job_id=self.ray_job_id, owner=self.owner,
         )
         return d
 
