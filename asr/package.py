@@ -54,6 +54,11 @@ class ModelCard:
     base: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
+    @property
+    def files_bytes(self) -> int:
+        """The size of the package's own files, as recorded."""
+        return sum(int(f.get("bytes", 0)) for f in self.files.values())
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 

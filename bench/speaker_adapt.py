@@ -135,7 +135,7 @@ def main(argv=None) -> int:
                 ref = ModelStore(store).resolve(f"{res['model']}@{res['version']}")
                 row["adapted_test"] = score(str(ref.path), paths["test"])
                 card = read_card(ref.path)
-                row["package_mb"] = round(sum(f["bytes"] for f in card.files.values()) / 2**20, 2)
+                row["package_mb"] = round(card.files_bytes / 2**20, 2)
                 row["adapter_base"] = card.base.get("model", "")
             rows.append(row)
             m = res.get("metrics", {})

@@ -22,7 +22,8 @@ from typing import TextIO
 from speechadapt import __version__
 from speechadapt.client._sync import SpeechClient
 from speechadapt.client.jobs import (
-    JOB_COLUMNS, job_details, job_row, progress_line, server_problems, summary_lines, upload_line,
+    JOB_COLUMNS, REPORT_JSON, REPORT_PNG, SEARCH_PNG, job_details, job_row, progress_line, server_problems,
+    summary_lines, upload_line,
 )
 from speechadapt.client.types import Job, JobEvent, ModelInfo, Result, SpeechAdaptError
 from speechadapt.client.upload import ManifestError, UploadProgress
@@ -389,7 +390,7 @@ def _jobs_report(args: argparse.Namespace) -> int:
         print(json.dumps(metrics, ensure_ascii=False))
     else:
         out = Path(args.out)
-        files = [out / name for name in ("metrics.json", "training.png", "search.png") if (out / name).is_file()]
+        files = [out / name for name in (REPORT_JSON, REPORT_PNG, SEARCH_PNG) if (out / name).is_file()]
         print("wrote " + ", ".join(str(f) for f in files))
     return EXIT_OK
 

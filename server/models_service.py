@@ -38,7 +38,7 @@ def model_message(ref, card, is_default: bool) -> pb.Model:
         is_default=is_default,
         description=card.description,
         adapter_base=str((card.base or {}).get("model", "")),
-        package_bytes=sum(int(f.get("bytes", 0)) for f in (card.files or {}).values()),
+        package_bytes=card.files_bytes,
     )
 
 

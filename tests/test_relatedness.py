@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from speechadapt.training.relatedness import (FAR_MIN, Relatedness, feature_distances, measure, symmetric_kl,
-                                              warnings_for)
+from speechadapt.training.relatedness import (FAR_MIN, FrameStats, Relatedness, feature_distances, measure,
+                                              symmetric_kl, warnings_for)
 
 
 def _rel(**kw) -> Relatedness:
@@ -40,6 +40,19 @@ def test_symmetric_kl_is_zero_for_equal_gaussians_and_grows_with_the_shift():
     assert symmetric_kl((m, v), (m, v)) == 0
     assert 0 < symmetric_kl((m, v), (m + 0.5, v)) < symmetric_kl((m, v), (m + 1, v))
     assert symmetric_kl((m, v), (m, 2 * v)) == symmetric_kl((m, 2 * v), (m, v))
+
+
+def test_frame_statistics_of_two_halves_add_up_to_the_whole():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1.0, 2.0, (50, 4)), rng.normal(-1.0, 0.5, (30, 4))
+    halves, whole = FrameStats(), FrameStats()
+    halves.add(a)
+    other = FrameStats()
+    other.add(b)
+    whole.add(np.concatenate([a, b]))
+    merged = halves + other
+    assert merged.n == 80 and all(np.allclose(x, y) for x, y in zip(merged.gaussian(), whole.gaussian()))
+    assert (FrameStats() + other) is other and (other + FrameStats()) is other
 
 
 def test_same_voices_are_near_and_a_telephone_channel_is_far(tiny, tmp_path):

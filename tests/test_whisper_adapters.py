@@ -154,8 +154,12 @@ def test_a_request_selects_the_adapter_through_a_real_server(adapted, tmp_path):
     import numpy as np
     import soundfile as sf
 
+    import grpc
+
     from conftest import ServerThread
     from speechadapt.client import SpeechAdaptError, SpeechClient
+    from speechadapt.v1 import recognizer_pb2 as pb
+    from speechadapt.v1 import recognizer_pb2_grpc as pb_grpc
 
     store, _, folder, _, _ = adapted
     wav = tmp_path / "a.wav"
@@ -168,6 +172,11 @@ def test_a_request_selects_the_adapter_through_a_real_server(adapted, tmp_path):
             assert info.adapter_base == "base@1" and 0 < info.package_bytes - tokenizer < 100_000
             assert client.get_model("base@1").package_bytes - tokenizer > 100 * (info.package_bytes - tokenizer)
             client.recognize(wav, model="spk@1")  # loads base + adapter: the random tiny model's words do not matter
+            with grpc.insecure_channel(srv.address) as ch:  # the response names the model that decoded it
+                resp = pb_grpc.RecognizerStub(ch).Recognize(pb.RecognizeRequest(
+                    config=pb.RecognitionConfig(encoding=pb.LINEAR16, sample_rate_hertz=16000, model="spk@1"),
+                    audio_content=(np.zeros(8000, np.int16)).tobytes()))
+            assert resp.model == "spk@1"
             _other_adapter(folder, store / "spk2" / "1")  # never loaded, so never converted for the runtime
             shutil.rmtree(store / "base")
             with pytest.raises(SpeechAdaptError) as e:

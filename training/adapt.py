@@ -612,13 +612,20 @@ def worker_loop_for(architecture: str):
     return _worker_loop
 
 
-def _learning_rate(spec, architecture: str) -> float:
-    """The spec's learning rate, else the strategy's default for the architecture."""
-    if spec.learning_rate is None and architecture == "whisper":
+def default_lr(strategy: str, architecture: str) -> float:
+    """A strategy's default learning rate for a base architecture."""
+    if architecture == "whisper":
         from speechadapt.training.whisper_train import DEFAULT_LR
 
-        return DEFAULT_LR[spec.strategy]
-    return spec.lr
+        return DEFAULT_LR[strategy]
+    from speechadapt.jobspec import DEFAULT_LR
+
+    return DEFAULT_LR[strategy]
+
+
+def _learning_rate(spec, architecture: str) -> float:
+    """The spec's learning rate, else the strategy's default for the architecture."""
+    return spec.learning_rate if spec.learning_rate is not None else default_lr(spec.strategy, architecture)
 
 
 @contextlib.contextmanager
@@ -775,11 +782,18 @@ def write_report(report_dir: Path, content: dict, history: list[dict], base_targ
     lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right")
     ax.set_title(f"{content.get('spec', {}).get('name', '')}: {content.get('spec', {}).get('strategy', '')}")
+    save_png(fig, report_dir / "training.png")
+
+
+def save_png(fig, path: Path) -> None:
+    """Write a matplotlib figure as PNG atomically (a temp file renamed over `path`) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    tmp = report_dir / f".training.png.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, report_dir / "training.png")
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------------

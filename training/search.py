@@ -38,18 +38,10 @@ def default_strategies(architecture: str) -> list[str]:
     return ["head", "adapters"] if architecture == "whisper" else ["adapters", "finetune", "head"]
 
 
-def default_lr(strategy: str, architecture: str) -> float:
-    if architecture == "whisper":
-        from speechadapt.training.whisper_train import DEFAULT_LR
-
-        return DEFAULT_LR[strategy]
-    from speechadapt.jobspec import DEFAULT_LR
-
-    return DEFAULT_LR[strategy]
-
-
 def design(search, architecture: str, spec) -> list[dict]:
     """The trials of a search (`spec` has its auto settings made concrete: strategy, source_replay)."""
+    from speechadapt.training.adapt import default_lr
+
     strategies = list(search.strategies) or default_strategies(architecture)
     replays = list(search.source_replay) or sorted({spec.source_replay, round(spec.source_replay / 2, 4)}, reverse=True)
     trials = []
@@ -57,10 +49,9 @@ def design(search, architecture: str, spec) -> list[dict]:
         strategy, round_no = strategies[i % len(strategies)], i // len(strategies)
         if search.learning_rates:
             lr = search.learning_rates[round_no % len(search.learning_rates)]
-        elif spec.learning_rate is not None:
-            lr = spec.learning_rate * LR_MULTIPLIERS[round_no % len(LR_MULTIPLIERS)]
         else:
-            lr = default_lr(strategy, architecture) * LR_MULTIPLIERS[round_no % len(LR_MULTIPLIERS)]
+            lr = spec.learning_rate if spec.learning_rate is not None else default_lr(strategy, architecture)
+            lr *= LR_MULTIPLIERS[round_no % len(LR_MULTIPLIERS)]
         trials.append({"index": i, "strategy": strategy, "lr": float(f"{lr:.3g}"),
                        "source_replay": replays[round_no % len(replays)]})
     return trials
@@ -100,8 +91,13 @@ def _trial(config: dict, jobs: list) -> dict:
     if summary is None:  # a search run again after a stop: finished trials are not trained twice
         summary = fit(job, callbacks=[TuneReportCallback()])
         write_json_atomic(Path(job.run_dir) / SUMMARY_FILE, summary)
+    return {"best_dev_wer": finite_best(summary)}
+
+
+def finite_best(summary: dict) -> float | None:
+    """A trial's best target dev WER; None when it kept no checkpoint within the source limit."""
     best = summary.get("best_dev_wer")
-    return {"best_dev_wer": best if best is not None and math.isfinite(best) else 1e9}
+    return best if best is not None and math.isfinite(best) else None
 
 
 def read_summary(trial_dir: Path) -> dict | None:
@@ -122,8 +118,7 @@ def source_at_best(summary: dict) -> float | None:
 def trial_row(trial: dict, summary: dict | None, error: str = "") -> dict:
     row = {**trial, "status": "done" if summary is not None else "failed", "error": error}
     if summary is not None:
-        best = summary.get("best_dev_wer")
-        row.update(best_dev_wer=best if best is not None and math.isfinite(best) else None,
+        row.update(best_dev_wer=finite_best(summary),
                    source_dev_wer=source_at_best(summary), best_step=summary.get("best_step"),
                    steps=summary.get("steps"), train_seconds=summary.get("train_seconds"),
                    trained_parameters=summary.get("trained_parameters"))
@@ -166,15 +161,15 @@ def run_search(job, trials: list[dict], search, ray_address: str | None, emit_no
         for res in grid:
             if res.error is not None and "index" in (res.config or {}):
                 errors[jobs[res.config["index"]].run_dir] = f"{type(res.error).__name__}: {str(res.error)[:300]}"
-    rows = [trial_row(t, read_summary(Path(j.run_dir)), errors.get(j.run_dir, "")) for t, j in zip(trials, jobs)]
+    summaries = [read_summary(Path(j.run_dir)) for j in jobs]
+    rows = [trial_row(t, s, errors.get(j.run_dir, "")) for t, s, j in zip(trials, summaries, jobs)]
     best = best_trial(rows)
     if best is None:
         done = [r for r in rows if r["status"] == "done"]
         if not done:
             raise RuntimeError("every search trial failed: " + "; ".join(r["error"] or "no result" for r in rows))
         best = min(done, key=lambda r: r["index"])  # none within the source limit: the gate will say so
-    best_dir = Path(jobs[best["index"]].run_dir)
-    summary = read_summary(best_dir)
+    best_dir, summary = Path(jobs[best["index"]].run_dir), summaries[best["index"]]
     tmp = run_dir / f".{CANDIDATE}.tmp-{uuid.uuid4().hex[:8]}"
     shutil.copytree(best_dir / CANDIDATE, tmp)
     shutil.rmtree(run_dir / CANDIDATE, ignore_errors=True)
@@ -190,6 +185,8 @@ def write_plot(path: Path, rows: list[dict], base_target_wer: float, base_source
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from speechadapt.training.adapt import save_png
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
     colors = {"head": "tab:blue", "adapters": "tab:green", "finetune": "tab:orange"}
@@ -212,8 +209,4 @@ def write_plot(path: Path, rows: list[dict], base_target_wer: float, base_source
     ax.set_xlabel("source dev WER at the trial's best checkpoint (%)")
     ax.set_ylabel("target dev WER, best checkpoint (%)")
     ax.set_title(f"search: {len(rows)} trials, best {best + 1}")
-    fig.tight_layout()
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_png(fig, path)
