@@ -219,7 +219,7 @@ class JobManager:
         run.mkdir(parents=True, exist_ok=True)
         spec_file = run / "spec.json"
         if not spec_file.is_file():
-            spec = self.resolve_spec(JobSpec(**job.spec))
+            spec = self.resolve_spec(JobSpec.from_record(job.spec))
             tmp = spec_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(spec.to_dict(), indent=2))
             tmp.replace(spec_file)
@@ -412,7 +412,7 @@ def job_message(job: JobRecord) -> pb.Job:
         return v if isinstance(v, (int, float)) else default
 
     msg = pb.Job(
-        id=job.id, spec=JobSpec(**job.spec).to_proto(), state=pb.JobState.Value(job.state), promoted=job.promoted,
+        id=job.id, spec=JobSpec.from_record(job.spec).to_proto(), state=pb.JobState.Value(job.state), promoted=job.promoted,
         reason=job.reason, model=job.model, version=job.version,
         metrics=pb.JobMetrics(
             base_target_wer=num("base_target_wer", -1.0), adapted_target_wer=num("adapted_target_wer", -1.0),

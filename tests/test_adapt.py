@@ -609,6 +609,7 @@ def test_search_spec_is_checked_survives_the_wire_and_designs_trials():
     spec = JobSpec.from_dict({**keys, "search": {"trials": 5, "strategies": ["Head", "adapters"]}})
     assert spec.search == SearchSpec(trials=5, strategies=["head", "adapters"])
     assert JobSpec.from_proto(spec.to_proto()) == spec
+    assert JobSpec.from_record(json.loads(json.dumps(spec.to_dict()))) == spec  # as the server's job store keeps it
     assert JobSpec.from_proto(JobSpec(**keys).to_proto()).search is None
     with pytest.raises(JobSpecError) as e:
         JobSpec.from_dict({**keys, "search": {"trials": 0, "strategies": ["lora"], "source_replay": [1.5]}})

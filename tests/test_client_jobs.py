@@ -6,7 +6,7 @@ Two layers:
 - the real server (speechadapt.server on loopback, conftest's ServerThread): uploads (only the missing
   bytes, resume, continuing past the server's per-call limit), server-side spec and data checks, and real
   adaptation jobs on the local Ray head the server starts. To keep the time down the module runs two jobs:
-  ONE small job (tiny@1, tiny's own audio, head strategy, one epoch) submitted with
+  ONE small job (tiny@1, tiny's own audio, a `search:` of two one-epoch head trials) submitted with
   `speechadapt jobs submit --upload --wait --json`, whose finished record, events and report serve every
   list/get/watch/report/summary test; and one more that is waited on with timeouts shorter than the job and
   cancelled via the CLI right after it starts running. What the tests expect is read off the server itself
@@ -44,6 +44,7 @@ from speechadapt.client import (
 from speechadapt.client import jobs as J
 from speechadapt.client.cli import build_parser, main
 from speechadapt.client.upload import Upload, read_local_manifest
+from speechadapt.jobspec import SearchSpec
 from speechadapt.v1 import adaptation_pb2 as pb
 from speechadapt.v1 import adaptation_pb2_grpc as pb_grpc
 
@@ -609,6 +610,7 @@ def test_real_server_rejects_invalid_specs(tmp_path, real_server):
 JOB_KEYS = {"base_model": "tiny@1", "train_manifest": "data/train.jsonl", "dev_manifest": "data/dev.jsonl",
             "source_dev_manifest": "data/source_dev.jsonl", "strategy": "head", "max_epochs": 1,
             "max_minutes": 2.0, "batch_size": 16, "augment": False, "seed": 0}
+SEARCH = {"trials": 2, "strategies": ["head"]}
 MANIFESTS = (("train_manifest", "train.jsonl"), ("dev_manifest", "dev.jsonl"), ("source_dev_manifest", "source_dev.jsonl"))
 
 
@@ -659,11 +661,12 @@ def _cli_failed(what: str, r: subprocess.CompletedProcess) -> None:
 @pytest.fixture(scope="module")
 def finished_job(real_server, job_folder):
     """THE real job of this module, submitted as users do: `speechadapt jobs submit job.yaml --upload --wait --json`
-    (three local manifests uploaded, then progress until the job ends). Its smallest budget: tiny@1, the head
-    strategy, one epoch of tiny's first ~30 s of training audio (2 steps), 5 + 5 dev utterances to evaluate on."""
+    (three local manifests uploaded, then progress until the job ends). A search (`search:` in the job file: two
+    head trials at two learning rates, side by side on the server's Ray head) on the smallest budget: tiny@1, one
+    epoch of tiny's first ~30 s of training audio (2 steps a trial), 5 + 5 dev utterances to evaluate on."""
     pytest.importorskip("ray", reason="adaptation jobs need the training extra (ray)")
     spec = job_folder / "job.yaml"
-    spec.write_text(yaml.safe_dump({"name": "tiny-cli", **JOB_KEYS}))
+    spec.write_text(yaml.safe_dump({"name": "tiny-cli", **JOB_KEYS, "search": SEARCH}))
     r = run_cli("jobs", "submit", str(spec), "--upload", "--server", real_server.address, "--wait", "--json",
                 timeout=840)
     try:
@@ -860,11 +863,17 @@ def test_cli_list_get_report_and_watch_json(tmp_path, real_server, finished_job,
     out = tmp_path / "rep"
     r = run_cli("jobs", "report", f.id, "--out", str(out), "--server", address)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == f"wrote {out / 'metrics.json'}, {out / 'training.png'}"
+    assert r.stdout.strip() == f"wrote {out / 'metrics.json'}, {out / 'training.png'}, {out / 'search.png'}"
     assert (out / "metrics.json").read_bytes() == f.report.metrics_json
     assert (out / "training.png").read_bytes() == f.report.plot_png and f.report.plot_png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert (out / "search.png").read_bytes() == f.report.search_png and f.report.search_png.startswith(b"\x89PNG\r\n\x1a\n")
     report = json.loads(f.report.metrics_json)
     assert report["job_id"] == f.id and report["metrics"]["adapted_target_wer"] == m.adapted_target_wer
+    # the search through the server: both trials in the report, the job's record from the best
+    trials = report["search"]["trials"]
+    assert [(t["strategy"], t["status"]) for t in trials] == [("head", "done"), ("head", "done")], trials
+    assert trials[0]["lr"] == pytest.approx(3 * trials[1]["lr"], rel=0.01)
+    assert JobSpec.from_proto(f.proto.spec).search == SearchSpec(trials=2, strategies=["head"])
 
     r = run_cli("jobs", "watch", f.id, "--server", address, "--json")
     events = [json.loads(x) for x in r.stdout.splitlines()]

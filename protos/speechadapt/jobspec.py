@@ -123,6 +123,13 @@ class JobSpec:
         return spec
 
     @classmethod
+    def from_record(cls, data: dict) -> "JobSpec":
+        """A spec as `to_dict()` stored it (a job record): nested values (`search`) rebuilt, not checked again."""
+        from speechadapt.config_io import from_dict
+
+        return from_dict(cls, data, "")
+
+    @classmethod
     def from_yaml(cls, path: str | Path) -> "JobSpec":
         import yaml
 
