@@ -33,7 +33,9 @@ def whisper_store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    """(train, dev) manifests: 3-5 digit strings, en-gb-scotland, 4 speaker variants (48 + 16 utterances)."""
+    """(train, dev, source dev) manifests: 3-5 digit strings, en-gb-scotland, 4 speaker variants (48 + 16
+    utterances), and 16 utterances of general English in the source voices (the job would synthesize 60)."""
+    from speechadapt.training.adapt import SourceDomain, synthesize_source
     from speechadapt.training.synth import SynthConfig, synthesize
 
     out = tmp_path_factory.mktemp("digits")
@@ -45,7 +47,7 @@ def digits(tmp_path_factory):
         synthesize(SynthConfig(out_dir=out / name, voices=["en-gb-scotland"], variants=["none", "m1", "f2", "m3"],
                                sentences_file=sentences, count=count, seed=seed, quiet=True))
         made[name] = out / name / "manifest.jsonl"
-    return made["train"], made["dev"]
+    return made["train"], made["dev"], synthesize_source(SourceDomain(), out / "source", 16, seed=23)
 
 
 @pytest.mark.slow
@@ -55,7 +57,8 @@ def test_whisper_head_adaptation_job_runs_gates_and_publishes(tmp_path, whisper_
     from speechadapt.jobspec import JobSpec
 
     spec = JobSpec(name="whisper-digits", base_model="whisper-tiny-en", train_manifest=str(digits[0]),
-                   dev_manifest=str(digits[1]), strategy="head", workers=1, batch_size=8, max_epochs=6,
+                   dev_manifest=str(digits[1]), source_dev_manifest=str(digits[2]), strategy="head", workers=1,
+                   batch_size=8, max_epochs=4,
                    max_minutes=4.0, source_replay=0.25, max_source_regression=0.05, seed=0).to_dict()
     code, events, log, run_dir = _adapt(tmp_path, whisper_store, spec, timeout=900)
     assert code == 0, log[-4000:]
