@@ -458,6 +458,7 @@ def _serve(args: argparse.Namespace) -> int:
             model_memory_mb=args.model_memory_mb, max_blob_bytes=args.max_upload_mb * 1024 * 1024,
             max_upload_bytes=args.max_upload_mb * 1024 * 1024,
             batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms,
+            metrics_port=args.metrics_port, metrics_host=args.metrics_host, log_format=args.log_format,
         )
         return run(config)
     except ValueError as e:
@@ -656,6 +657,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "that the server starts when a job needs it and stops with the server)")
     p.add_argument("--max-upload-mb", type=_positive_int, default=2048, metavar="N",
                    help="most audio one UploadData call may carry, and so the largest file, in MiB (default: 2048)")
+    p.add_argument("--metrics-port", type=_port, default=None, metavar="N",
+                   help="serve Prometheus metrics on http://HOST:N/metrics (0 picks a free port; default: off)")
+    p.add_argument("--metrics-host", default=None, metavar="HOST",
+                   help="address the metrics endpoint binds (default: --host)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="stderr log lines: text, or json (one object per line, plus one per RPC; default: text)")
     p.set_defaults(_handler=_serve, _check=functools.partial(_check_serve, parser=p))
 
     data = sub.add_parser("data", help="prepare training and evaluation data")
@@ -670,6 +677,8 @@ def _check_serve(args: argparse.Namespace, *, parser: argparse.ArgumentParser) -
         parser.error("--tls-cert and --tls-key go together; give both or neither")
     if args.tls_client_ca and not args.tls_cert:
         parser.error("--tls-client-ca needs the server's own --tls-cert and --tls-key")
+    if args.metrics_host and args.metrics_port is None:
+        parser.error("--metrics-host needs --metrics-port N")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,8 @@ from speechadapt.server.auth import CALLER, Caller
 from speechadapt.server.datastore import DataStore, UploadError, check_sha
 from speechadapt.server.jobs import (CANCELLED, FAILED, QUEUED, RUNNING, STATES, SUCCEEDED, TERMINAL, JobNotFound,
                                      JobRecord, JobStore)
+from speechadapt.server.logs import fields
+from speechadapt.server.metrics import Metrics
 from speechadapt.server.ray_backend import RayBackend, RayJobInfo, RayUnavailable
 from speechadapt.server.registry import ModelRegistry
 from speechadapt.v1 import adaptation_pb2 as pb
@@ -134,11 +136,18 @@ class JobManager:
         for q in self._subscribers.get(job_id, ()):
             q.put_nowait((seq, event))
 
+    @staticmethod
+    def _transition(job_id: str, old: str | None, new: str, reason: str) -> None:
+        """Log a job's change of state (`old` None: the job was just made)."""
+        log.info("job %s %s -> %s: %s", job_id, old or "new", new, reason,
+                 extra=fields("job", job_id=job_id, **{"from": old, "to": new, "reason": reason}))
+
     def _finish(self, job_id: str, state: str, reason: str, **values) -> JobRecord:
         """Put a job in a terminal state, with the event that says so."""
+        old = self.store.get(job_id).state
         job = self.store.update(job_id, state=state, reason=reason, end_time=time.time(), **values)
         self._event(job_id, {"state": state, "phase": "done", "message": reason or state.lower()})
-        log.info("job %s %s: %s", job_id, state, reason)
+        self._transition(job_id, old, state, reason)
         return job
 
     # -- submission
@@ -149,6 +158,7 @@ class JobManager:
         while (self.runs_dir / job_id).exists():  # never reuse a run folder (a clash is astronomically rare)
             job_id = f"job-{uuid.uuid4().hex[:12]}"
         job = self.store.create(spec.to_dict(), self.runs_dir / job_id, job_id=job_id, owner=owner)
+        self._transition(job.id, None, job.state, f"submitted by {owner}" if owner else "submitted")
         self._spawn(job.id, resume=False)
         return job
 
@@ -309,7 +319,9 @@ class JobManager:
     def _set_running(self, job_id: str, attempt: int) -> None:
         job = self.store.get(job_id)
         self.store.update(job_id, state=RUNNING, start_time=job.start_time or time.time())
-        self._event(job_id, {"state": RUNNING, "phase": "running", "message": f"running on Ray (attempt {attempt})"}, attempt)
+        message = f"running on Ray (attempt {attempt})"
+        self._event(job_id, {"state": RUNNING, "phase": "running", "message": message}, attempt)
+        self._transition(job_id, job.state, RUNNING, message)
 
     def _conclude(self, job_id: str, info: RayJobInfo) -> None:
         job = self.store.get(job_id)
@@ -483,8 +495,9 @@ class AdaptationService(pb_grpc.AdaptationServicer):
     owned; otherwise every caller sees every job."""
 
     def __init__(self, manager: JobManager, registry: ModelRegistry, max_upload_bytes: int,
-                 authenticated: bool = False):
+                 authenticated: bool = False, metrics: Metrics | None = None):
         self.manager, self.registry, self.max_upload_bytes = manager, registry, max_upload_bytes
+        self.metrics = metrics or Metrics()
         self.authenticated = authenticated
         self.data: DataStore = manager.data
         self.store: JobStore = manager.store
@@ -649,6 +662,7 @@ class AdaptationService(pb_grpc.AdaptationServicer):
                 if kind == "blob":
                     b = req.blob
                     received += len(b.data)
+                    self.metrics.uploaded(len(b.data))
                     if received > self.max_upload_bytes:
                         raise UploadError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                           f"this upload passed the server's limit of {self.max_upload_bytes} bytes per "

@@ -13,12 +13,15 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from speechadapt.server import logs
+from speechadapt.server.access import AccessInterceptor
 from speechadapt.server.adaptation import AdaptationService, AdaptationUnavailable, JobManager
 from speechadapt.server.auth import AuthInterceptor, Authenticator, is_loopback
 from speechadapt.server.batcher import BatchConfig, Batcher
 from speechadapt.server.config import ServerConfig
 from speechadapt.server.datastore import DataStore
 from speechadapt.server.jobs import JobStore
+from speechadapt.server.metrics import Metrics
 from speechadapt.server.models_service import ModelsService
 from speechadapt.server.ray_backend import RayBackend
 from speechadapt.server.recognizer import Admission, RecognizerService
@@ -39,20 +42,26 @@ class SpeechServer:
 
     Adaptation state (job database, uploads, run folders) lives in `config.state_path`; on start, jobs an earlier
     server left unfinished are re-attached. `stop()` stops following jobs (they keep their state for the next
-    server with the same state dir) and stops the Ray head this server started, if any."""
+    server with the same state dir) and stops the Ray head this server started, if any.
+
+    `metrics` holds the server's Prometheus metrics (server/metrics.py); with `config.metrics_port` they are
+    served over HTTP from `start()` to `stop()`, `metrics_port` being the bound port."""
 
     def __init__(self, config: ServerConfig):
         self.config = config
         # the token file is read first: a bad one stops the server before it loads anything (TokenFileError)
         self.auth = Authenticator(config.auth_tokens) if config.auth_tokens else None
         torch.set_num_threads(config.threads or config.cores)
+        self.metrics = Metrics()
         self.registry = ModelRegistry(config.model_store, config.default_model, config.device,
-                                      memory_budget_bytes=config.model_memory_mb * 1024 * 1024, threads=config.threads)
+                                      memory_budget_bytes=config.model_memory_mb * 1024 * 1024, threads=config.threads,
+                                      metrics=self.metrics)
         self.admission = Admission(config.max_streams)
         self.executor = ThreadPoolExecutor(max_workers=config.workers or config.cores, thread_name_prefix="infer")
-        self.batcher = Batcher(BatchConfig(config.batch_max, config.batch_wait_ms))
+        self.batcher = Batcher(BatchConfig(config.batch_max, config.batch_wait_ms), self.metrics)
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
+        self.metrics_port: int | None = None
         self.jobs: JobManager | None = None
 
     def reload_auth(self) -> bool:
@@ -63,13 +72,25 @@ class SpeechServer:
         return self.auth.reload()
 
     async def start(self) -> int:
+        if self.config.metrics_port is not None:  # first: a port in use stops the server before it loads anything
+            self.metrics_port = self.metrics.serve(self.config.metrics_bind, self.config.metrics_port)
+        try:
+            return await self._start()
+        except BaseException:
+            self.metrics.close()
+            raise
+
+    async def _start(self) -> int:
         opts = [
             ("grpc.max_receive_message_length", self.config.max_message_bytes),
             ("grpc.max_send_message_length", self.config.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
         await asyncio.to_thread(self.registry.prepare_default)
-        interceptors = [AuthInterceptor(self.auth)] if self.auth is not None else None
+        # the access interceptor first (outermost): it also counts the calls the auth interceptor refuses
+        interceptors = [AccessInterceptor(self.metrics, log_rpcs=self.config.log_format == "json")]
+        if self.auth is not None:
+            interceptors.append(AuthInterceptor(self.auth))
         server = grpc.aio.server(options=opts, interceptors=interceptors)
         state = self.config.state_path
         try:
@@ -77,13 +98,15 @@ class SpeechServer:
                                    RayBackend(self.config.ray_address, state, self.config.ray_num_cpus),
                                    self.config.model_store, state / "runs")
             adaptation = AdaptationService(self.jobs, self.registry, self.config.max_upload_bytes,
-                                           authenticated=self.auth is not None)
+                                           authenticated=self.auth is not None, metrics=self.metrics)
+            self.metrics.count_jobs(self.jobs.store.count_by_state)
         except (OSError, sqlite3.Error) as e:  # recognition still works; adaptation calls say why they cannot
             log.error("adaptation is unavailable: cannot use the state dir %s: %s", state, e)
             self.jobs = None
             adaptation = AdaptationUnavailable(f"its state dir {state} cannot be used ({e}); "
                                                "restart it with a writable --state-dir")
-        recognizer_pb2_grpc.add_RecognizerServicer_to_server(RecognizerService(self.registry, self.admission, self.executor, self.batcher), server)
+        recognizer = RecognizerService(self.registry, self.admission, self.executor, self.batcher, self.metrics)
+        recognizer_pb2_grpc.add_RecognizerServicer_to_server(recognizer, server)
         models_pb2_grpc.add_ModelsServicer_to_server(ModelsService(self.registry), server)
         adaptation_pb2_grpc.add_AdaptationServicer_to_server(adaptation, server)
         health_servicer = health.aio.HealthServicer()
@@ -110,14 +133,27 @@ class SpeechServer:
         access = f"{len(self.auth.table)} bearer tokens" if self.auth is not None else "no authentication"
         log.info("serving on %s:%d (%s, %s), model store %s, state %s", self.config.host, self.port, transport,
                  access, self.config.model_store, state)
+        if self.metrics_port is not None:
+            log.info("metrics on %s", self.metrics_url,
+                     extra=logs.fields("metrics", host=self.config.metrics_bind, port=self.metrics_port))
         if self.auth is None and not is_loopback(self.config.host):
             log.warning("the server is unauthenticated and listens on %s: anyone who reaches the port may recognise, "
                         "run jobs and read every job; start it with --auth-tokens FILE", self.config.host)
         return self.port
 
+    @property
+    def metrics_url(self) -> str | None:
+        """Where the metrics are served once started (None without a metrics port)."""
+        if self.metrics_port is None:
+            return None
+        host = self.config.metrics_bind
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.metrics_port}/metrics"
+
     async def stop(self, grace: float = 2.0) -> None:
         if self.server is not None:
             await self.server.stop(grace)
+        await asyncio.to_thread(self.metrics.close)  # before the job store closes: scrapes read it
+        self.metrics.count_jobs(None)
         if self.jobs is not None:
             await self.jobs.stop()
             self.jobs.store.close()
@@ -132,6 +168,8 @@ async def _serve(config: ServerConfig) -> None:
     srv = SpeechServer(config)
     port = await srv.start()
     print(f"speechadapt server listening on {config.host}:{port}", flush=True)
+    if srv.metrics_url is not None:
+        print(f"speechadapt metrics on {srv.metrics_url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -144,7 +182,7 @@ async def _serve(config: ServerConfig) -> None:
 
 def run(config: ServerConfig) -> int:
     """Serve until SIGINT or SIGTERM (SIGHUP re-reads the --auth-tokens file). Returns an exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(config.log_format)
     config.model_store.mkdir(parents=True, exist_ok=True)
     asyncio.run(_serve(config))
     return 0

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from speechadapt.asr import Stream
 from speechadapt.asr.streaming import decode_streams
+from speechadapt.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,9 @@ class BatchStats:
 
 
 class Batcher:
-    def __init__(self, config: BatchConfig = BatchConfig()):
+    def __init__(self, config: BatchConfig = BatchConfig(), metrics: Metrics | None = None):
         self.config = config
+        self.metrics = metrics or Metrics()
         self.stats = BatchStats()
         self.active = 0  # sessions with a stream open: worth waiting for when > 1
         self._pending: list[tuple[Stream, asyncio.Future]] = []
@@ -101,6 +103,7 @@ class Batcher:
             self.stats.batches += 1
             self.stats.chunks += len(live)
             self.stats.forward_passes += passes
+            self.metrics.batch(len(live))
             for _, f in live:
                 if not f.done():
                     f.set_result(None)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MIB = 1024 * 1024
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,11 @@ class ServerConfig:
     ray_num_cpus: int = 0  # CPUs the owned local Ray head offers; 0 = all cores
     max_blob_bytes: int = 2048 * MIB  # largest single uploaded audio file
     max_upload_bytes: int = 2048 * MIB  # most blob bytes received by one UploadData call
+    # Prometheus text on http://METRICS_HOST:METRICS_PORT/metrics (server/metrics.py); None: not served,
+    # 0: a free port (the bound one is logged and in SpeechServer.metrics_port).
+    metrics_port: int | None = None
+    metrics_host: str | None = None  # None: the gRPC `host`
+    log_format: str = "text"  # "text" or "json" (one object per line; adds a line per RPC, server/logs.py)
 
     def __post_init__(self):
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -57,12 +63,26 @@ class ServerConfig:
             raise ValueError("batch_max must be at least 1")
         if not 0 <= self.batch_wait_ms <= 100:
             raise ValueError("batch_wait_ms must be 0..100")
+        if self.metrics_port is not None:
+            if not 0 <= self.metrics_port <= 65535:
+                raise ValueError(f"metrics_port must be 0..65535 (0 = a free port), not {self.metrics_port}")
+            if self.metrics_port and self.metrics_port == self.port and self.metrics_bind == self.host:
+                raise ValueError(f"metrics_port {self.metrics_port} is the gRPC port: give the metrics another port")
+        elif self.metrics_host is not None:
+            raise ValueError("metrics_host needs metrics_port (--metrics-port N)")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}")
         if self.ray_num_cpus < 0:
             raise ValueError("ray_num_cpus must not be negative (0 = all cores)")
 
     @property
     def cores(self) -> int:
         return os.cpu_count() or 1
+
+    @property
+    def metrics_bind(self) -> str:
+        """The address the metrics endpoint binds: `metrics_host`, else the gRPC `host`."""
+        return self.metrics_host or self.host
 
     @property
     def state_path(self) -> Path:

@@ -158,6 +158,12 @@ class JobStore:
             rows = self._db.execute(sql, args).fetchall()
         return [_record(r) for r in rows]
 
+    def count_by_state(self) -> dict[str, int]:
+        """How many jobs are in each state (every state named, 0 included)."""
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        return {**dict.fromkeys(STATES, 0), **dict(rows)}
+
     def unfinished(self) -> list[JobRecord]:
         """Jobs not in a terminal state, oldest first (re-attached on server start)."""
         with self._lock:

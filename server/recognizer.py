@@ -12,6 +12,7 @@ from speechadapt.asr import ModelNotFound, PackageError
 from speechadapt.asr.audio import decode_container, pcm16_to_float
 from speechadapt.server.options import InvalidRequest, check_config, check_language, check_streaming_config
 from speechadapt.server.batcher import Batcher
+from speechadapt.server.metrics import Metrics
 from speechadapt.server.registry import ModelRegistry
 from speechadapt.server.session import RecognitionSession, duration
 from speechadapt.v1 import recognizer_pb2 as pb
@@ -54,16 +55,18 @@ async def _model_for(registry: ModelRegistry, opts, context):
         await context.abort(grpc.StatusCode.NOT_FOUND, str(e.args[0]))
 
 
-async def _session(model, opts, executor, context, batcher=None) -> RecognitionSession:
+async def _session(model, opts, executor, context, batcher=None, metrics=None) -> RecognitionSession:
     try:
-        return RecognitionSession(model, opts, executor, batcher)
+        return RecognitionSession(model, opts, executor, batcher, metrics)
     except InvalidRequest as e:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
 
 class RecognizerService(pb_grpc.RecognizerServicer):
-    def __init__(self, registry: ModelRegistry, admission: Admission, executor: Executor, batcher: Batcher | None = None):
+    def __init__(self, registry: ModelRegistry, admission: Admission, executor: Executor, batcher: Batcher | None = None,
+                 metrics: Metrics | None = None):
         self.registry, self.admission, self.executor, self.batcher = registry, admission, executor, batcher
+        self.metrics = metrics
 
     async def StreamingRecognize(self, request_iterator, context):
         async with self.admission.slot(context):
@@ -82,7 +85,7 @@ class RecognizerService(pb_grpc.RecognizerServicer):
             except InvalidRequest as e:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             model = await _model_for(self.registry, opts, context)
-            session = await _session(model, opts, self.executor, context, self.batcher)
+            session = await _session(model, opts, self.executor, context, self.batcher, self.metrics)
             await context.send_initial_metadata((("x-speechadapt-model", model.name),))
             first_response = True
 
@@ -120,7 +123,7 @@ class RecognizerService(pb_grpc.RecognizerServicer):
             except InvalidRequest as e:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             model = await _model_for(self.registry, opts, context)
-            session = await _session(model, opts, self.executor, context)
+            session = await _session(model, opts, self.executor, context, metrics=self.metrics)
             try:
                 if opts.encoding == pb.LINEAR16:
                     samples, rate = pcm16_to_float(request.audio_content, opts.channels), opts.sample_rate

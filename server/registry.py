@@ -21,6 +21,7 @@ from pathlib import Path
 from speechadapt.asr import AsrModel, ModelNotFound, ModelStore, load_model
 from speechadapt.asr.package import read_card
 from speechadapt.asr.store import ModelRef
+from speechadapt.server.metrics import Metrics
 
 BUILTIN_DEFAULT = "base-en"
 log = logging.getLogger(__name__)
@@ -41,8 +42,9 @@ class _Entry:
 
 class ModelRegistry:
     def __init__(self, store_root: Path, default_model: str | None = None, device: str = "cpu",
-                 memory_budget_bytes: int = 1024 * 1024 * 1024, threads: int = 0):
+                 memory_budget_bytes: int = 1024 * 1024 * 1024, threads: int = 0, metrics: Metrics | None = None):
         self.store = ModelStore(store_root)
+        self.metrics = metrics or Metrics()
         self.default_model = default_model
         self.device = device
         self.threads = threads
@@ -101,6 +103,7 @@ class ModelRegistry:
                 model = load_model(ref.path, device=self.device, threads=self.threads)
                 model.ref = ref
                 self.loads += 1
+                self.metrics.model_loaded(str(ref))
             entry = _Entry(model, model_bytes(model))
             del model
             self._loaded[key] = entry
@@ -144,6 +147,7 @@ class ModelRegistry:
             self._unloaded[key] = entry.model
             total -= entry.nbytes
             self.evictions += 1
+            self.metrics.model_unloaded(f"{key[0]}@{key[1]}")
             log.info("unloaded %s@%d (%.1f MiB) to stay within the %.0f MiB model memory budget",
                      key[0], key[1], entry.nbytes / 2**20, self.memory_budget_bytes / 2**20)
         if total > self.memory_budget_bytes:

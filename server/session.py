@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import Executor
 
 import numpy as np
@@ -12,6 +13,7 @@ from speechadapt.asr import AsrModel, Hypothesis
 from speechadapt.asr.streaming import decode_streams
 from speechadapt.server.audio_input import AudioInput
 from speechadapt.server.batcher import Batcher
+from speechadapt.server.metrics import Metrics
 from speechadapt.server.options import InvalidRequest, RecognitionOptions
 from speechadapt.v1 import recognizer_pb2 as pb
 
@@ -42,13 +44,17 @@ def common_prefix_ratio(old: str, new: str) -> float:
 
 
 class RecognitionSession:
-    """Feed audio, get `StreamingRecognitionResult`s. `done` is set once a single utterance ended."""
+    """Feed audio, get `StreamingRecognitionResult`s. `done` is set once a single utterance ended.
+
+    With `metrics`: the audio received, the real-time factor (time spent waiting for decoding over the audio's
+    duration) of each final result, or of the whole recognition when all its audio came at once
+    (`accept_samples` with a rate: Recognize), and for streams, the time from the end of audio to the last final."""
 
     def __init__(self, model: AsrModel, opts: RecognitionOptions, executor: Executor | None = None,
-                 batcher: Batcher | None = None):
+                 batcher: Batcher | None = None, metrics: Metrics | None = None):
         """Raises InvalidRequest when the request's phrases do not fit the model (e.g. its alphabet).
         Chunks go through `batcher` (shared forward passes) when given, else one by one on `executor`."""
-        self.model, self.opts, self.executor, self.batcher = model, opts, executor, batcher
+        self.model, self.opts, self.executor, self.batcher, self.metrics = model, opts, executor, batcher, metrics
         try:
             self.phrases = model.parse_phrases(opts.contexts)
         except ValueError as e:
@@ -58,6 +64,9 @@ class RecognitionSession:
         self.done = False
         self.finals = 0
         self._last_interim = ""
+        self._whole = False  # all the audio came in one accept_samples call (Recognize)
+        self._compute = 0.0  # seconds spent waiting for decoding, since the last real-time factor observation
+        self._audio = 0.0  # seconds of audio received, since the same
 
     async def accept(self, data: bytes) -> list[pb.StreamingRecognitionResult]:
         if self.done:
@@ -66,11 +75,17 @@ class RecognitionSession:
         return await self._drain()
 
     def accept_samples(self, samples: np.ndarray, rate: int | None = None) -> None:
+        """Audio at the request's rate; `rate` (given only when this is all the audio) creates the stream."""
+        self._whole = self._whole or rate is not None
         if self.stream is None and (rate or self.input.ready):
             self.stream = self.model.new_stream(rate or self.input.rate, self.opts.endpoint, self.phrases,
                                                 interim=self.opts.interim_results)
         if self.stream is not None and len(samples):
             self.stream.accept_waveform(samples)
+            seconds = len(samples) / self.stream.input_rate
+            self._audio += seconds
+            if self.metrics is not None:
+                self.metrics.audio_received(self.model.name, seconds)
 
     async def finish(self) -> list[pb.StreamingRecognitionResult]:
         """End of audio: the rest of the audio is decoded and a last final given."""
@@ -78,17 +93,37 @@ class RecognitionSession:
             return []
         if self.stream is None or self.stream.samples_in == 0:
             raise InvalidRequest("no audio received: send audio_content after the config (at least one non-empty chunk)")
+        end_of_audio = time.perf_counter()
         self.stream.input_finished()
         out = await self._drain()
         if not self.done:
             hyps = await self._final_hypotheses()
             if hyps[0].text or self.finals == 0:
                 out.append(self._final(hyps))
+        if self.metrics is not None:
+            if self._whole:
+                self._observe_rtf()
+            elif out and out[-1].is_final:
+                self.metrics.final_after_end(self.model.name, time.perf_counter() - end_of_audio)
         return out
+
+    async def _timed(self, awaitable):
+        """Await a decoding step, counting the time towards the real-time factor."""
+        start = time.perf_counter()
+        try:
+            return await awaitable
+        finally:
+            self._compute += time.perf_counter() - start
+
+    def _observe_rtf(self) -> None:
+        if self.metrics is not None:
+            self.metrics.decoded(self.model.name, self._compute, self._audio)
+        self._compute = self._audio = 0.0
 
     async def _final_hypotheses(self) -> list[Hypothesis]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.stream.final_result, self.opts.max_alternatives, self.phrases)
+        return await self._timed(loop.run_in_executor(self.executor, self.stream.final_result,
+                                                      self.opts.max_alternatives, self.phrases))
 
     async def _drain(self) -> list[pb.StreamingRecognitionResult]:
         s, out = self.stream, []
@@ -110,9 +145,9 @@ class RecognitionSession:
             if not s.is_ready():
                 break
             if self.batcher is not None:
-                await self.batcher.decode(s)
+                await self._timed(self.batcher.decode(s))
             else:
-                await loop.run_in_executor(self.executor, decode_streams, [s])
+                await self._timed(loop.run_in_executor(self.executor, decode_streams, [s]))
         if self.opts.interim_results:
             hyp = s.result()
             if hyp.text and hyp.text != self._last_interim:
@@ -131,6 +166,8 @@ class RecognitionSession:
     def _final(self, hyps: list[Hypothesis]) -> pb.StreamingRecognitionResult:
         self.finals += 1
         self._last_interim = ""
+        if not self._whole and self._audio > 0:  # a stream: one observation per utterance
+            self._observe_rtf()
         hyp = hyps[0]
         return pb.StreamingRecognitionResult(
             alternatives=[alternative(h, self.opts.word_time_offsets) for h in hyps],

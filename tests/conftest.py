@@ -6,7 +6,9 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +59,16 @@ def clean_utterances(tiny, dev_utterances):
     return clean
 
 
+@pytest.fixture(scope="session")
+def speech(tmp_path_factory) -> Path:
+    """One synthesized sentence from base-en's vocabulary (WAV, 16 kHz)."""
+    from speechadapt.training.synth import SynthConfig, synthesize
+
+    out = tmp_path_factory.mktemp("speech")
+    synthesize(SynthConfig(out_dir=out, voices=["en-us"], variants=["m3"], count=1, vocab_size=1000, seed=5, quiet=True))
+    return out / json.loads((out / "manifest.jsonl").read_text().splitlines()[0])["audio"]
+
+
 class ServerThread:
     """A SpeechServer on 127.0.0.1 with its own event loop in a thread."""
 
@@ -101,6 +113,21 @@ def make_server(tiny):
     yield make
     for srv in started:
         srv.stop()
+
+
+def free_port() -> int:
+    """A port nothing listens on now (on 127.0.0.1)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(pred, timeout: float = 20.0) -> None:
+    """Poll `pred` until it holds; fail after `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.2)
 
 
 def with_silence(utterances, gap_s=1.2, rate=16000):

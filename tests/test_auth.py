@@ -15,10 +15,8 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -26,7 +24,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from conftest import ServerThread
+from conftest import ServerThread, free_port, wait_until
 from speechadapt.client import AsyncSpeechClient, SpeechClient
 from speechadapt.client import cli
 from speechadapt.client.types import SpeechAdaptError
@@ -36,12 +34,6 @@ from speechadapt.server.jobs import JobStore
 TOKENS = {name: secrets.token_urlsafe(24) for name in ("rec", "alice", "bob", "ops", "adapt_only")}
 SPEC = {"name": "base-en-x", "base_model": "base-en", "train_manifest": "/nonexistent/train.jsonl",
         "dev_manifest": "/nonexistent/dev.jsonl"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def token_file(path: Path, lines: list[str]) -> Path:
@@ -55,16 +47,6 @@ def error(fn) -> SpeechAdaptError:
         fn()
     assert not any(t in e.value.message for t in TOKENS.values()), "a token was echoed"
     return e.value
-
-
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory) -> Path:
-    """One synthesized sentence from base-en's vocabulary (WAV, 16 kHz)."""
-    from speechadapt.training.synth import SynthConfig, synthesize
-
-    out = tmp_path_factory.mktemp("speech")
-    synthesize(SynthConfig(out_dir=out, voices=["en-us"], variants=["m3"], count=1, vocab_size=1000, seed=5, quiet=True))
-    return out / json.loads((out / "manifest.jsonl").read_text().splitlines()[0])["audio"]
 
 
 @pytest.fixture(scope="module")
@@ -245,13 +227,6 @@ def test_cli_token_option_and_environment(srv, monkeypatch, capsys):
     assert TOKENS["ops"] not in cli.build_parser().format_help()
 
 
-def _wait_until(pred, timeout: float = 20.0) -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.2)
-
-
 def test_sighup_reloads_the_token_file_and_a_bad_file_keeps_the_old_tokens(tmp_path):
     old, new = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     path = token_file(tmp_path / "tokens", [f"{old} recognize first"])
@@ -275,11 +250,11 @@ def test_sighup_reloads_the_token_file_and_a_bad_file_keeps_the_old_tokens(tmp_p
         assert works(old) and not works(new)
         token_file(path, [f"{new} recognize second"])
         proc.send_signal(signal.SIGHUP)
-        _wait_until(lambda: works(new))
+        wait_until(lambda: works(new))
         assert not works(old)
         token_file(path, [f"{old} recognize first", f"{new} recognise second"])  # a bad file: kept the old table
         proc.send_signal(signal.SIGHUP)
-        _wait_until(lambda: "keeping the previous 1 tokens" in (tmp_path / "server.log").read_text())
+        wait_until(lambda: "keeping the previous 1 tokens" in (tmp_path / "server.log").read_text())
         assert works(new) and not works(old) and proc.poll() is None
         # the CLI against it, with --token
         r = subprocess.run([sys.executable, "-m", "speechadapt.client.cli", "models", "list", "--server", address,

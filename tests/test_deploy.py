@@ -42,3 +42,30 @@ def test_ray_pods_mount_the_server_paths():
     jobs = next(d for d in _docs("server.yaml") if d["metadata"]["name"] == "speechadapt-jobs")
     address = _containers(jobs)[0]["args"][_containers(jobs)[0]["args"].index("--ray-address") + 1]
     assert address == f"http://{cluster['metadata']['name']}-head-svc:8265"
+
+
+def test_server_pods_expose_their_metrics_for_scraping():
+    docs = _docs("server.yaml")
+    parser = build_parser()
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    assert {d["metadata"]["name"] for d in deployments} == {"speechadapt-jobs", "speechadapt-server"}
+    for d in deployments:
+        (c,) = _containers(d)
+        args = parser.parse_args(c["args"])
+        assert args.metrics_port, f"{d['metadata']['name']} serves no metrics"
+        assert (args.metrics_host or args.host) == "0.0.0.0"  # reachable from the scraper, not loopback only
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert ports["metrics"] == args.metrics_port and ports["grpc"] == args.port != args.metrics_port
+        notes = d["spec"]["template"]["metadata"]["annotations"]
+        assert notes["prometheus.io/scrape"] == "true" and notes["prometheus.io/port"] == str(args.metrics_port)
+        assert notes["prometheus.io/path"] == "/metrics"
+    # the ServiceMonitor reaches every server pod through a Service port named as it says
+    (monitor,) = _docs("servicemonitor.yaml")
+    services = [d for d in docs if d["kind"] == "Service"
+                and monitor["spec"]["selector"]["matchLabels"].items() <= d["metadata"].get("labels", {}).items()]
+    assert [s["metadata"]["name"] for s in services] == ["speechadapt"]
+    (service,) = services
+    assert service["spec"]["selector"] == {"app": "speechadapt-server"}  # both Deployments' pods
+    (endpoint,) = monitor["spec"]["endpoints"]
+    port = next(p for p in service["spec"]["ports"] if p["name"] == endpoint["port"])
+    assert port["targetPort"] == "metrics" and endpoint["path"] == "/metrics"
