@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MIB = 1024 * 1024
+GIB = 1024 * MIB
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,11 @@ class ServerConfig:
     ray_num_cpus: int = 0  # CPUs the owned local Ray head offers; 0 = all cores
     max_blob_bytes: int = 2048 * MIB  # largest single uploaded audio file
     max_upload_bytes: int = 2048 * MIB  # most blob bytes received by one UploadData call
+    # What jobs may read besides uploads (data://): files under these folders (`..` and symlinks followed).
+    # Empty: uploads only. Stored canonical (os.path.realpath).
+    data_roots: tuple[Path, ...] = ()
+    upload_quota_bytes: int | None = None  # blob bytes one owner (token name) may store; None: no limit
+    min_free_disk_bytes: int = GIB  # uploads must leave this much free space on the state dir's disk
 
     def __post_init__(self):
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -59,6 +65,15 @@ class ServerConfig:
             raise ValueError("batch_wait_ms must be 0..100")
         if self.ray_num_cpus < 0:
             raise ValueError("ray_num_cpus must not be negative (0 = all cores)")
+        if isinstance(self.data_roots, (str, Path)):
+            raise ValueError("data_roots is a tuple of folders, not one path")
+        if any(not str(r).strip() for r in self.data_roots):
+            raise ValueError("a data root must name a folder (an empty path was given)")
+        object.__setattr__(self, "data_roots", tuple(dict.fromkeys(Path(os.path.realpath(r)) for r in self.data_roots)))
+        if self.upload_quota_bytes is not None and self.upload_quota_bytes < 0:
+            raise ValueError("upload_quota_bytes must not be negative (None = no quota)")
+        if self.min_free_disk_bytes < 0:
+            raise ValueError("min_free_disk_bytes must not be negative (0 = no floor)")
 
     @property
     def cores(self) -> int:
