@@ -441,26 +441,35 @@ def _models_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def serve_config(args: argparse.Namespace):
+    """The ServerConfig of parsed `serve` arguments (ValueError for values it refuses)."""
+    from speechadapt.server.config import GIB, MIB, ServerConfig
+
+    return ServerConfig(
+        host=args.host, port=args.port, model_store=Path(args.model_store), default_model=args.default_model,
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None,
+        tls_client_ca=Path(args.tls_client_ca) if args.tls_client_ca else None,
+        auth_tokens=Path(args.auth_tokens) if args.auth_tokens else None,
+        max_streams=args.max_streams, max_message_bytes=args.max_message_mb * MIB, device=args.device,
+        state_dir=Path(args.state_dir) if args.state_dir else None, ray_address=args.ray_address,
+        model_memory_mb=args.model_memory_mb, max_blob_bytes=args.max_upload_mb * MIB,
+        max_upload_bytes=args.max_upload_mb * MIB,
+        batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms,
+        data_roots=tuple(Path(d) for d in args.data_root),
+        upload_quota_bytes=None if args.upload_quota_gb is None else int(args.upload_quota_gb * GIB),
+        min_free_disk_bytes=int(args.min_free_disk_gb * GIB),
+        metrics_port=args.metrics_port, metrics_host=args.metrics_host, log_format=args.log_format,
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
-        from speechadapt.server.app import ServerConfig, run
+        from speechadapt.server.app import run
     except ImportError as e:
         return _needs_extra("serve", e)
     try:
-        config = ServerConfig(
-            host=args.host, port=args.port, model_store=Path(args.model_store), default_model=args.default_model,
-            tls_cert=Path(args.tls_cert) if args.tls_cert else None,
-            tls_key=Path(args.tls_key) if args.tls_key else None,
-            tls_client_ca=Path(args.tls_client_ca) if args.tls_client_ca else None,
-            auth_tokens=Path(args.auth_tokens) if args.auth_tokens else None,
-            max_streams=args.max_streams, max_message_bytes=args.max_message_mb * 1024 * 1024, device=args.device,
-            state_dir=Path(args.state_dir) if args.state_dir else None, ray_address=args.ray_address,
-            model_memory_mb=args.model_memory_mb, max_blob_bytes=args.max_upload_mb * 1024 * 1024,
-            max_upload_bytes=args.max_upload_mb * 1024 * 1024,
-            batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms,
-            metrics_port=args.metrics_port, metrics_host=args.metrics_host, log_format=args.log_format,
-        )
-        return run(config)
+        return run(serve_config(args))
     except ValueError as e:
         return _error(e, EXIT_USAGE)
     except OSError as e:
@@ -475,6 +484,13 @@ def _positive_int(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
     return n
+
+
+def _non_negative_float(text: str) -> float:
+    x = float(text)
+    if not x >= 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of at least 0, not {text}")
+    return x
 
 
 def _positive_float(text: str) -> float:
@@ -663,6 +679,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address the metrics endpoint binds (default: --host)")
     p.add_argument("--log-format", choices=("text", "json"), default="text",
                    help="stderr log lines: text, or json (one object per line, plus one per RPC; default: text)")
+    p.add_argument("--data-root", action="append", default=[], metavar="DIR",
+                   help="jobs may name manifests and audio under DIR (repeatable; '..' and symlinks are followed). "
+                        "Default: none, jobs read only uploaded data (data://)")
+    p.add_argument("--upload-quota-gb", type=_non_negative_float, default=None, metavar="GIB",
+                   help="most blob bytes one owner (token name; everyone on an open server) may store, in GiB "
+                        "(default: no quota)")
+    p.add_argument("--min-free-disk-gb", type=_non_negative_float, default=1.0, metavar="GIB",
+                   help="uploads must leave this much free space on the state dir's disk, in GiB (default: 1; 0: no floor)")
     p.set_defaults(_handler=_serve, _check=functools.partial(_check_serve, parser=p))
 
     data = sub.add_parser("data", help="prepare training and evaluation data")

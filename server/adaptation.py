@@ -20,7 +20,12 @@ Two parts:
 * `AdaptationService` is the gRPC surface: it checks requests (every problem listed at once, in the status the
   contract gives) and turns records into messages. With --auth-tokens (server/auth.py) a job records the name
   of the token that submitted it (`owner`); an `adapt` caller sees, watches and cancels only its own jobs
-  (another owner's job is NOT_FOUND, as if it did not exist), `admin` all of them.
+  (another owner's job is NOT_FOUND, as if it did not exist), `admin` all of them. Uploads count against their
+  owner's quota (server/quota.py).
+
+  A job may read only uploads and files under the server's `--data-root` folders (asr/data_access.py): anything
+  else is PERMISSION_DENIED before the job is recorded, and the job's validate phase checks again with the same
+  roots and the upload store (`--data-root` on its command line).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from speechadapt.asr.data_access import access_error, access_problems, real_roots
 from speechadapt.jobspec import DATA_URI, JobSpec, JobSpecError
 from speechadapt.server.auth import CALLER, Caller
 from speechadapt.server.datastore import DataStore, UploadError, check_sha
@@ -85,10 +91,12 @@ def parse_event(line: str) -> dict | None:
 class JobManager:
     """Runs adaptation jobs on a Ray backend and records them in a job store (see the module docstring)."""
 
-    def __init__(self, store: JobStore, data: DataStore, backend: RayBackend, model_store: Path, runs_dir: Path):
+    def __init__(self, store: JobStore, data: DataStore, backend: RayBackend, model_store: Path, runs_dir: Path,
+                 data_roots: tuple[Path, ...] = ()):
         self.store, self.data, self.backend = store, data, backend
         self.model_store = Path(model_store).absolute()
         self.runs_dir = Path(runs_dir)
+        self.data_roots = real_roots(data_roots)  # what jobs may read besides uploads (asr/data_access.py)
         self._tasks: dict[str, asyncio.Task] = {}
         self._subscribers: dict[str, set[asyncio.Queue]] = {}
         self._cancelling: set[str] = set()
@@ -175,6 +183,8 @@ class JobManager:
         run = Path(job.run_dir)
         args = [self.backend.python, "-m", ENTRYPOINT_MODULE, "--spec", str(run / "spec.json"),
                 "--store", str(self.model_store), "--run-dir", str(run), "--job-id", job.id]
+        for root in (*self.data_roots, str(self.data.root.absolute())):  # the job checks its data against them too
+            args += ["--data-root", root]
         return shlex.join(args)
 
     async def _drive(self, job_id: str, resume: bool) -> None:
@@ -547,6 +557,10 @@ class AdaptationService(pb_grpc.AdaptationServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"base_model {spec.base_model!r} cannot be used: {e}")
         except ValueError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"base_model: {e}")
+        roots = self.manager.data_roots
+        denied = await asyncio.to_thread(access_problems, {k: getattr(spec, k) for k in MANIFEST_KEYS}, roots)
+        if denied:  # before anything reads the files
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, access_error(denied, roots))
         problems = []
         for key in MANIFEST_KEYS:
             uri = getattr(spec, key)
@@ -651,8 +665,11 @@ class AdaptationService(pb_grpc.AdaptationServicer):
     # -- uploads
 
     async def UploadData(self, request_iterator, context):
+        caller = await self._caller(context)
+        owner = caller.name if caller is not None else ""
         received = 0
         manifest = None
+        written: set[str] = set()  # blobs this call wrote to: removed if the call is refused for good
         try:
             async for req in request_iterator:
                 kind = req.WhichOneof("payload")
@@ -668,18 +685,27 @@ class AdaptationService(pb_grpc.AdaptationServicer):
                                           f"this upload passed the server's limit of {self.max_upload_bytes} bytes per "
                                           "UploadData call; send the rest in another call (completed blobs are kept, "
                                           "partial ones resume: see CheckUpload)")
-                    await asyncio.to_thread(self.data.write_chunk, b.sha256, b.total_size, b.offset, b.data)
+                    n, _ = await asyncio.to_thread(self.data.write_chunk, b.sha256, b.total_size, b.offset, b.data, owner)
+                    if n:
+                        written.add(b.sha256)
                 elif kind == "manifest":
                     manifest = await asyncio.to_thread(self.data.add_manifest, req.manifest.content, req.manifest.name)
                 else:
                     raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, "an UploadDataRequest with neither blob nor "
                                       "manifest: set one of them")
         except UploadError as e:
+            if e.discard:  # quota or disk: nothing half-written stays (an interrupted call keeps its parts to resume)
+                await asyncio.to_thread(self._discard, written)
             await context.abort(e.code, str(e))
         if manifest is None:
             return pb.UploadDataResponse(bytes_received=received)
         return pb.UploadDataResponse(manifest_uri=manifest.uri, utterances=manifest.utterances,
                                      audio_seconds=manifest.audio_seconds, bytes_received=received)
+
+    def _discard(self, shas: set[str]) -> None:
+        for sha in shas:
+            with contextlib.suppress(UploadError):  # a malformed sha256 was never written
+                self.data.discard_partial(sha)
 
     async def CheckUpload(self, request, context):
         if len(request.sha256) > 100_000:

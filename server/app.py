@@ -94,9 +94,11 @@ class SpeechServer:
         server = grpc.aio.server(options=opts, interceptors=interceptors)
         state = self.config.state_path
         try:
-            self.jobs = JobManager(JobStore(state / "jobs.sqlite"), DataStore(state / "data", self.config.max_blob_bytes),
+            data = DataStore(state / "data", self.config.max_blob_bytes, self.config.upload_quota_bytes,
+                             self.config.min_free_disk_bytes)
+            self.jobs = JobManager(JobStore(state / "jobs.sqlite"), data,
                                    RayBackend(self.config.ray_address, state, self.config.ray_num_cpus),
-                                   self.config.model_store, state / "runs")
+                                   self.config.model_store, state / "runs", data_roots=self.config.data_roots)
             adaptation = AdaptationService(self.jobs, self.registry, self.config.max_upload_bytes,
                                            authenticated=self.auth is not None, metrics=self.metrics)
             self.metrics.count_jobs(self.jobs.store.count_by_state)
@@ -136,6 +138,12 @@ class SpeechServer:
         if self.metrics_port is not None:
             log.info("metrics on %s", self.metrics_url,
                      extra=logs.fields("metrics", host=self.config.metrics_bind, port=self.metrics_port))
+        for root in self.config.data_roots:
+            if not root.is_dir():
+                log.warning("--data-root %s is not a folder on this machine: jobs can name files under it only if "
+                            "the Ray workers have it", root)
+        log.info("jobs read uploads (data://) and %s", "files under " + ", ".join(map(str, self.config.data_roots))
+                 if self.config.data_roots else "nothing else (no --data-root)")
         if self.auth is None and not is_loopback(self.config.host):
             log.warning("the server is unauthenticated and listens on %s: anyone who reaches the port may recognise, "
                         "run jobs and read every job; start it with --auth-tokens FILE", self.config.host)
@@ -157,6 +165,7 @@ class SpeechServer:
         if self.jobs is not None:
             await self.jobs.stop()
             self.jobs.store.close()
+            self.jobs.data.close()
         await self.batcher.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 

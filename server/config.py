@@ -8,6 +8,7 @@ from pathlib import Path
 
 MIB = 1024 * 1024
 LOG_FORMATS = ("text", "json")
+GIB = 1024 * MIB
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ class ServerConfig:
     metrics_port: int | None = None
     metrics_host: str | None = None  # None: the gRPC `host`
     log_format: str = "text"  # "text" or "json" (one object per line; adds a line per RPC, server/logs.py)
+    # What jobs may read besides uploads (data://): files under these folders (`..` and symlinks followed).
+    # Empty: uploads only. Stored canonical (os.path.realpath).
+    data_roots: tuple[Path, ...] = ()
+    upload_quota_bytes: int | None = None  # blob bytes one owner (token name) may store; None: no limit
+    min_free_disk_bytes: int = GIB  # uploads must leave this much free space on the state dir's disk
 
     def __post_init__(self):
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -74,6 +80,15 @@ class ServerConfig:
             raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}")
         if self.ray_num_cpus < 0:
             raise ValueError("ray_num_cpus must not be negative (0 = all cores)")
+        if isinstance(self.data_roots, (str, Path)):
+            raise ValueError("data_roots is a tuple of folders, not one path")
+        if any(not str(r).strip() for r in self.data_roots):
+            raise ValueError("a data root must name a folder (an empty path was given)")
+        object.__setattr__(self, "data_roots", tuple(dict.fromkeys(Path(os.path.realpath(r)) for r in self.data_roots)))
+        if self.upload_quota_bytes is not None and self.upload_quota_bytes < 0:
+            raise ValueError("upload_quota_bytes must not be negative (None = no quota)")
+        if self.min_free_disk_bytes < 0:
+            raise ValueError("min_free_disk_bytes must not be negative (0 = no floor)")
 
     @property
     def cores(self) -> int:

@@ -8,18 +8,25 @@
     manifests/<sha>.json           what was measured: {"name", "utterances", "audio_seconds"}
     manifests/<sha>.resolved.jsonl the same lines with "audio" an absolute blob path and "duration" filled in:
                                    what `data://<sha>` resolves to for training jobs
+    uploads.sqlite                 which owner stored which blobs (server/quota.py)
 
 A blob is verified when its last byte arrives: a sha256 mismatch discards the partial file (DATA_LOSS).
+Limits (RESOURCE_EXHAUSTED, checked before each chunk is written, from the declared `total_size`): the owner's
+quota (`--upload-quota-gb`: a blob that would take the owner past it is refused before its first byte) and the
+free-disk floor (`--min-free-disk-gb`: a chunk is refused when the rest of its blob would leave less free space
+on the store's disk; the blob's partial file is removed). `discard_partial` removes what a refused call left.
 Every failure is an `UploadError` carrying the gRPC status to answer and a message that says what to fix.
 Methods are blocking (file I/O and hashing): call them off the event loop. They are thread-safe.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +34,7 @@ from pathlib import Path
 import grpc
 
 from speechadapt.asr.store import fsync_dir
+from speechadapt.server.quota import QuotaExceeded, UploadLedger
 
 DATA_URI = "data://"
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -34,11 +42,13 @@ MAX_MANIFEST_LINES = 1_000_000
 
 
 class UploadError(Exception):
-    """An upload that cannot be accepted; `code` is the gRPC status to answer with."""
+    """An upload that cannot be accepted; `code` is the gRPC status to answer with. `discard`: the call is refused
+    for good (quota, disk), so the partial blobs it wrote are removed rather than kept for a resume."""
 
-    def __init__(self, code: grpc.StatusCode, message: str):
+    def __init__(self, code: grpc.StatusCode, message: str, discard: bool = False):
         super().__init__(message)
         self.code = code
+        self.discard = discard
 
 
 @dataclass(frozen=True)
@@ -71,14 +81,26 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _gib(n: int) -> str:
+    return f"{n / 1024 ** 3:.3g} GiB" if n >= 1024 ** 2 else f"{n} bytes"
+
+
 class DataStore:
-    def __init__(self, root: str | Path, max_blob_bytes: int):
+    """`quota_bytes`: most blob bytes one owner may store (None: no limit); `min_free_bytes`: free space on the
+    store's disk that uploads must leave."""
+
+    def __init__(self, root: str | Path, max_blob_bytes: int, quota_bytes: int | None = None, min_free_bytes: int = 0):
         self.root = Path(root)
         self.max_blob_bytes = max_blob_bytes
+        self.quota_bytes, self.min_free_bytes = quota_bytes, min_free_bytes
         (self.root / "blobs").mkdir(parents=True, exist_ok=True)
         (self.root / "manifests").mkdir(parents=True, exist_ok=True)
+        self.ledger = UploadLedger(self.root / "uploads.sqlite")
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+
+    def close(self) -> None:
+        self.ledger.close()
 
     # -- blobs
 
@@ -101,11 +123,13 @@ class DataStore:
         part = self._part(sha)
         return BlobState(sha, part.stat().st_size if part.is_file() else 0, False)
 
-    def write_chunk(self, sha: str, total_size: int, offset: int, data: bytes) -> tuple[int, bool]:
-        """Add `data` at `offset` of blob `sha` (of `total_size` bytes). Returns (bytes written, blob now complete).
+    def write_chunk(self, sha: str, total_size: int, offset: int, data: bytes, owner: str = "") -> tuple[int, bool]:
+        """Add `data` at `offset` of blob `sha` (of `total_size` bytes), sent by `owner`. Returns (bytes written,
+        blob now complete).
 
         Chunks must continue where the store's copy ends (`offset` <= bytes present; bytes already held are
-        skipped, so resending is harmless). The last byte triggers verification against `sha`."""
+        skipped, so resending is harmless). The last byte triggers verification against `sha`. The blob is charged
+        to `owner` before its first byte is written (quota), and every chunk checks the free-disk floor."""
         sha = check_sha(sha, "blob.sha256")
         if total_size < 1:
             raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, f"blob {sha[:12]}: total_size must be the blob's size in bytes (> 0), not {total_size}")
@@ -128,6 +152,7 @@ class DataStore:
             present = part.stat().st_size if part.is_file() else 0
             if present > total_size:
                 part.unlink()
+                self.ledger.release(sha)
                 raise UploadError(grpc.StatusCode.INVALID_ARGUMENT,
                                   f"blob {sha[:12]}: {present} bytes were uploaded before with a different size; "
                                   "they were discarded, upload it again from offset 0")
@@ -138,14 +163,25 @@ class DataStore:
             skip = present - offset
             written = 0
             if skip < len(data):
-                with open(part, "ab") as f:
-                    written = f.write(data[skip:])
+                self._charge(owner, sha, total_size)
+                self._check_disk(total_size - present, f"the rest of blob {sha[:12]}", sha)
+                try:
+                    with open(part, "ab") as f:
+                        written = f.write(data[skip:])
+                except OSError as e:
+                    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    self._remove_partial(sha)  # the disk filled up all the same (other writers)
+                    raise UploadError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                      f"blob {sha[:12]}: the server's disk is full ({e.strerror}); nothing of it was "
+                                      "kept. Try again later or ask the server's admin to free space", discard=True) from None
                 present += written
             if present < total_size:
                 return written, False
             digest = _sha256_file(part)
             if digest != sha:
                 part.unlink()
+                self.ledger.release(sha)
                 raise UploadError(grpc.StatusCode.DATA_LOSS,
                                   f"blob {sha[:12]}: the {total_size} bytes received hash to sha256 {digest}, not {sha}; "
                                   "the partial upload was discarded: check the file and upload it again from offset 0")
@@ -154,6 +190,46 @@ class DataStore:
             os.replace(part, final)
             fsync_dir(final.parent)
             return written, True
+
+    def _charge(self, owner: str, sha: str, size: int) -> None:
+        try:
+            self.ledger.charge(owner, sha, size, self.quota_bytes)
+        except QuotaExceeded as e:
+            who = f"owner {owner!r}" if owner else "this open server's uploads"
+            raise UploadError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"upload quota exceeded: {who} stored {e.used} bytes of blobs; blob {sha[:12]} ({size} bytes) "
+                              f"would pass the quota of {e.quota} bytes ({_gib(e.quota)}, --upload-quota-gb); none of "
+                              "it was stored. Blobs the server already holds cost nothing (CheckUpload); ask the "
+                              "server's admin for a larger quota", discard=True) from None
+
+    def _check_disk(self, incoming: int, what: str, sha: str | None = None) -> None:
+        """RESOURCE_EXHAUSTED (removing blob `sha`'s partial file) when writing `incoming` more bytes would leave
+        less than the free-disk floor."""
+        if not self.min_free_bytes:
+            return
+        free = shutil.disk_usage(self.root).free
+        if free - incoming >= self.min_free_bytes:
+            return
+        if sha is not None:
+            self._remove_partial(sha)
+        raise UploadError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"the server's disk is nearly full: storing {what} ({incoming} bytes) would leave "
+                          f"{max(free - incoming, 0)} bytes free, below its floor of {self.min_free_bytes} bytes "
+                          f"({_gib(self.min_free_bytes)}, --min-free-disk-gb); nothing of it was kept. Try again "
+                          "later or ask the server's admin to free space", discard=True)
+
+    def _remove_partial(self, sha: str) -> None:
+        part = self._part(sha)
+        if part.is_file():
+            part.unlink()
+        self.ledger.release(sha)
+
+    def discard_partial(self, sha: str) -> None:
+        """Remove an incomplete blob (its .part file and its charges); a complete blob is kept."""
+        sha = check_sha(sha)
+        with self._lock(sha):
+            if not self.blob_path(sha).is_file():
+                self._remove_partial(sha)
 
     # -- manifests
 
@@ -210,6 +286,7 @@ class DataStore:
 
         sha = hashlib.sha256(content).hexdigest()
         folder = self.root / "manifests"
+        self._check_disk(3 * len(content), f"manifest {name!r}")
         _atomic_write(folder / f"{sha}.jsonl", content)
         info = {"name": name, "utterances": len(items), "audio_seconds": round(sum(durations[d["audio"]] for d in items), 3)}
         _atomic_write(folder / f"{sha}.json", json.dumps(info).encode())

@@ -14,12 +14,13 @@ thread-safe and quick (they are called from the event loop).
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+from speechadapt.server.db import open_db
 
 # Job states: the names of speechadapt.v1.JobState.
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
@@ -96,12 +97,8 @@ class JobStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
-        self._db.executescript(_SCHEMA)
+        self._db = open_db(self.path, _SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
         if "owner" not in columns:  # a database from before job owners: its jobs have none (admin sees them)
             self._db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT ''")

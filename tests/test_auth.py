@@ -64,7 +64,8 @@ def srv(tmp_path_factory):
         f"{t['adapt_only']} adapt carol",
     ])
     server = ServerThread(model_store=tmp / "store", default_model="base-en", auth_tokens=path, state_dir=tmp / "state",
-                          ray_address=f"http://127.0.0.1:{free_port()}")  # nothing listens: jobs fail without training
+                          ray_address=f"http://127.0.0.1:{free_port()}",  # nothing listens: jobs fail without training
+                          data_roots=(Path("/nonexistent"),))  # SPEC's paths: allowed, and only the workers would read them
     yield server
     server.stop()
 

@@ -213,7 +213,7 @@ def _spec(**kw) -> apb.JobSpec:
 
 
 def test_submit_rejects_bad_specs_listing_every_problem(adapt, tiny):
-    _, stub = adapt()
+    _, stub = adapt(data_roots=(Path("/nonexistent"), tiny.dev_manifest.parent))  # jobs may name files there
     code, msg = error_of(lambda: stub.SubmitJob(apb.SubmitJobRequest(spec=_spec(
         name="bad name!", batch_size=0, workers=0, learning_rate=5.0, max_source_regression=3.0))))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
@@ -472,7 +472,8 @@ def ray_server(tiny, scot, tmp_path_factory):
     root = tmp_path_factory.mktemp("rayjobs")
     store, state = root / "store", root / "state"
     shutil.copytree(tiny.store, store)
-    holder = {"srv": ServerThread(model_store=store, state_dir=state, ray_num_cpus=2, default_model="tiny")}
+    holder = {"srv": ServerThread(model_store=store, state_dir=state, ray_num_cpus=2, default_model="tiny",
+                                  data_roots=(tiny.dev_manifest.parent,))}  # source_dev below is a plain path
     with grpc.insecure_channel(holder["srv"].address) as ch:
         stub = apb_grpc.AdaptationStub(ch)
         uris = {k: upload_manifest(stub, p, f"{k}.jsonl").manifest_uri for k, p in scot.items()}
@@ -581,7 +582,8 @@ def test_job_survives_a_server_restart(ray_server):
                   max_source_regression=1.0)  # cheap: this test is about finishing, not about the gain
     _wait_for_training(srv, job.id)
     srv.stop()  # stops following and the owned Ray head: the Ray job dies with it
-    holder["srv"] = srv = ServerThread(model_store=store, state_dir=state, ray_num_cpus=2, default_model="tiny")
+    holder["srv"] = srv = ServerThread(model_store=store, state_dir=state, ray_num_cpus=2, default_model="tiny",
+                                       data_roots=srv.server.config.data_roots)
     events = _watch(srv, job.id)
     done = _get(srv, job.id)
     assert done.state == apb.SUCCEEDED, done.reason

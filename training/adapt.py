@@ -2,14 +2,16 @@
 
     python -m speechadapt.training.adapt --spec SPEC.json --store STORE_DIR --run-dir RUN_DIR
                                          [--job-id ID] [--ray-address ADDR] [--cpus-per-worker N]
+                                         [--data-root DIR ...]
 
 SPEC.json is `JobSpec.to_dict()` with local manifest paths (data:// URIs resolved by the caller);
 `source_dev_manifest` may be "". The base model is `spec.base_model` in STORE_DIR (or a built-in model).
 
 Phases, each announced on stdout as an event (below):
 
-1. validate: `check_job_data` against the base model's tokenizer. Problems: one `error` event listing them all
-   (also under "problems"), exit 2. A bad spec or an unknown base model is also exit 2.
+1. validate: with --data-root, every manifest and audio path must lie under one of those folders
+   (`speechadapt.asr.data_access`); then `check_job_data` against the base model's tokenizer. Problems: one
+   `error` event listing them all (also under "problems"), exit 2. A bad spec or an unknown base model is also exit 2.
 2. baseline: the base model's WER on the target dev set and on a source dev set, relatedness = base source WER /
    base target WER clipped to [0, 1], a feature-statistics distance between target and source audio, and
    warnings when the data is small or transfer likely negative (`relatedness.py`; `warning: ...` events, the
@@ -808,6 +810,7 @@ class JobArgs:
     job_id: str = ""
     ray_address: str | None = None
     cpus_per_worker: float = 1.0
+    data_roots: tuple[str, ...] = ()  # the only folders the job may read data from; (): no restriction
 
 
 @dataclass
@@ -869,6 +872,13 @@ def run_job(args: JobArgs) -> int:
     # -- validate
     spec = _load_spec(args.spec_path)
     emit(event("validate", message=f"checking the data of job {job_id} ({spec.strategy} on {spec.base_model})"))
+    if args.data_roots:  # the server's --data-root folders and its upload store (asr/data_access.py)
+        from speechadapt.asr.data_access import UPLOAD_HINT, access_problems, real_roots
+
+        roots = real_roots(args.data_roots)
+        denied = access_problems({k: getattr(spec, k) for k in ("train_manifest", "dev_manifest", "source_dev_manifest")}, roots)
+        if denied:
+            raise JobInputError(denied + [f"the job may read only files under {', '.join(roots)}: {UPLOAD_HINT}"])
     try:
         ref = resolve_path_or_ref(spec.base_model, store)
         card = read_card(ref.path)
@@ -1044,6 +1054,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--job-id", default="", help="recorded in the card's lineage (default: the run dir's name)")
     ap.add_argument("--ray-address", default=None, help="Ray cluster (default: $RAY_ADDRESS, else a local head on 127.0.0.1)")
     ap.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per training worker (default 1)")
+    ap.add_argument("--data-root", action="append", default=[], metavar="DIR",
+                    help="read manifests and audio only under DIR (repeatable; the server passes its --data-root "
+                         "folders and its upload store); default: anywhere")
     a = ap.parse_args(argv)
     if not a.cpus_per_worker > 0:
         ap.error("--cpus-per-worker must be > 0")
@@ -1054,7 +1067,8 @@ def main(argv: list[str] | None = None) -> int:
     # Event lines from workers must never be folded by Ray's log deduplication (read when ray is imported).
     os.environ.setdefault("RAY_DEDUP_LOGS_ALLOW_REGEX", EVENT_MARKER.strip())
     signal.signal(signal.SIGTERM, _on_sigterm)
-    args = JobArgs(a.spec.absolute(), a.store.absolute(), a.run_dir.absolute(), a.job_id, a.ray_address, a.cpus_per_worker)
+    args = JobArgs(a.spec.absolute(), a.store.absolute(), a.run_dir.absolute(), a.job_id, a.ray_address, a.cpus_per_worker,
+                   tuple(a.data_root))
     try:
         return run_job(args)
     except JobInputError as e:
