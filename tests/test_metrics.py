@@ -51,7 +51,8 @@ def value(samples: dict, name: str, **labels) -> float | None:
 
 def job_server(tmp: Path, **config) -> ServerThread:
     return ServerThread(model_store=tmp / "store", default_model="base-en", state_dir=tmp / "state",
-                        ray_address=f"http://127.0.0.1:{free_port()}", **config)  # nothing listens: jobs fail
+                        ray_address=f"http://127.0.0.1:{free_port()}",  # nothing listens: jobs fail
+                        data_roots=(Path("/nonexistent"),), **config)
 
 
 def test_metrics_count_streams_rpcs_audio_latency_batches_loads_uploads_and_jobs(tmp_path, speech):
@@ -197,7 +198,8 @@ def test_serve_json_logs_a_line_per_rpc_and_job_transition_and_serves_metrics(tm
     proc = subprocess.Popen([sys.executable, "-m", "speechadapt.client.cli", "serve", "--log-format", "json",
                              "--port", "0", "--metrics-port", "0", "--model-store", str(tmp_path / "store"),
                              "--default-model", "base-en", "--state-dir", str(tmp_path / "state"),
-                             "--ray-address", f"http://127.0.0.1:{free_port()}", "--auth-tokens", str(tokens)],
+                             "--ray-address", f"http://127.0.0.1:{free_port()}", "--auth-tokens", str(tokens),
+                             "--data-root", "/nonexistent"],
                             stdout=subprocess.PIPE, stderr=err, text=True,
                             env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # a crash shows its stacks
     try:
