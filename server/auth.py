@@ -26,7 +26,6 @@ import contextlib
 import contextvars
 import hashlib
 import hmac
-import inspect
 import logging
 import re
 from collections.abc import Iterable
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import grpc
 
+from speechadapt.server.handlers import inside, refusal
 from speechadapt.v1 import adaptation_pb2, models_pb2, recognizer_pb2
 
 log = logging.getLogger(__name__)
@@ -256,45 +256,11 @@ class Authenticator:
         return caller
 
 
-def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same streaming kind as `handler` that ends the call with `code` and `message`."""
-
-    async def refuse(_request, context):
-        await context.abort(code, message)
-
-    kinds = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
-             (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
-    make = kinds[(bool(handler.request_streaming), bool(handler.response_streaming))]
-    return make(refuse, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-
-
-def _as(caller: Caller, behavior):
-    """`behavior` (a coroutine or async generator function) running with CALLER set to `caller`."""
-    if inspect.isasyncgenfunction(behavior):
-        async def stream(request, context):
-            CALLER.set(caller)
-            async with contextlib.aclosing(behavior(request, context)) as responses:
-                async for response in responses:
-                    yield response
-        return stream
-
-    async def call(request, context):
-        CALLER.set(caller)
-        result = behavior(request, context)
-        return await result if inspect.isawaitable(result) else result
-    return call
-
-
-def _with_caller(handler: grpc.RpcMethodHandler, caller: Caller) -> grpc.RpcMethodHandler:
-    kinds = (("unary_unary", grpc.unary_unary_rpc_method_handler), ("unary_stream", grpc.unary_stream_rpc_method_handler),
-             ("stream_unary", grpc.stream_unary_rpc_method_handler), ("stream_stream", grpc.stream_stream_rpc_method_handler))
-    for attr, make in kinds:
-        behavior = getattr(handler, attr)
-        if behavior is not None:
-            return make(_as(caller, behavior), request_deserializer=handler.request_deserializer,
-                        response_serializer=handler.response_serializer)
-    return handler
+@contextlib.asynccontextmanager
+async def _acting_as(caller: Caller):
+    """The call runs with CALLER set to `caller`."""
+    CALLER.set(caller)
+    yield
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -311,8 +277,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         try:
             caller = self.auth.authorize(handler_call_details.method, handler_call_details.invocation_metadata)
         except AuthError as e:
-            return _refusal(handler, e.code, e.message)
-        return handler if caller is None else _with_caller(handler, caller)
+            return refusal(handler, e.code, e.message)
+        return handler if caller is None else inside(handler, lambda _context: _acting_as(caller))
 
 
 def is_loopback(host: str) -> bool:
