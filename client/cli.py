@@ -457,7 +457,7 @@ def _serve(args: argparse.Namespace) -> int:
             state_dir=Path(args.state_dir) if args.state_dir else None, ray_address=args.ray_address,
             model_memory_mb=args.model_memory_mb, max_blob_bytes=args.max_upload_mb * 1024 * 1024,
             max_upload_bytes=args.max_upload_mb * 1024 * 1024,
-            batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms,
+            batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms, drain_seconds=args.drain_seconds,
         )
         return run(config)
     except ValueError as e:
@@ -656,6 +656,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "that the server starts when a job needs it and stops with the server)")
     p.add_argument("--max-upload-mb", type=_positive_int, default=2048, metavar="N",
                    help="most audio one UploadData call may carry, and so the largest file, in MiB (default: 2048)")
+    p.add_argument("--drain-seconds", type=float, default=30.0, metavar="S",
+                   help="on SIGTERM: refuse new recognitions (UNAVAILABLE: retry elsewhere), let open ones run up to "
+                        "S seconds, then stop; a second SIGTERM or SIGINT stops at once; 0..3600 (default: 30)")
     p.set_defaults(_handler=_serve, _check=functools.partial(_check_serve, parser=p))
 
     data = sub.add_parser("data", help="prepare training and evaluation data")

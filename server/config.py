@@ -39,6 +39,8 @@ class ServerConfig:
     ray_num_cpus: int = 0  # CPUs the owned local Ray head offers; 0 = all cores
     max_blob_bytes: int = 2048 * MIB  # largest single uploaded audio file
     max_upload_bytes: int = 2048 * MIB  # most blob bytes received by one UploadData call
+    # SIGTERM: refuse new recognitions, let open ones run up to this many seconds, then stop (server/drain.py)
+    drain_seconds: float = 30.0
 
     def __post_init__(self):
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -57,6 +59,9 @@ class ServerConfig:
             raise ValueError("batch_max must be at least 1")
         if not 0 <= self.batch_wait_ms <= 100:
             raise ValueError("batch_wait_ms must be 0..100")
+        if not 0 <= self.drain_seconds <= 3600:
+            raise ValueError(f"drain_seconds must be 0..3600 (seconds open streams may run on after SIGTERM), "
+                             f"not {self.drain_seconds}")
         if self.ray_num_cpus < 0:
             raise ValueError("ray_num_cpus must not be negative (0 = all cores)")
 
