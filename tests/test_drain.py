@@ -156,3 +156,10 @@ def test_a_second_signal_stops_at_once_and_open_watches_end_at_the_drain(tiny, c
         assert "it was told to stop at once" in error.details()
         assert srv.wait(timeout=MARGIN_S) == 0, srv.log_text()[-4000:]
     assert "a second stop signal" in srv.log_text()
+
+
+def test_drain_seconds_out_of_range_is_refused_before_serving(tmp_path, capsys):
+    from speechadapt.client import cli
+
+    assert cli.main(["serve", "--port", "0", "--model-store", str(tmp_path / "store"), "--drain-seconds", "-1"]) == 2
+    assert "drain_seconds must be 0..3600" in capsys.readouterr().err
