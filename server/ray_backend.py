@@ -164,7 +164,7 @@ class RayBackend:
                 if self.head_lost():  # not replaced meanwhile by another job's call
                     log.warning("the local Ray head (pid %s) is gone: starting a new one", self._head_pid)
                     self._client = None
-                    self._head = self._head_pid = self._head_url = None
+                    await asyncio.to_thread(self._forget_head)
         await self.start()
 
     def _head_alive(self) -> bool:
@@ -287,12 +287,17 @@ class RayBackend:
             except ProcessLookupError:
                 pass
             self._wait_exit(pid, 5.0)
+        self._forget_head()
+
+    def _forget_head(self) -> None:
+        """The head is gone: drop what pointed to it (and its temp dir, when this backend made one)."""
         self._head = self._head_pid = self._head_url = None
         self._head_file().unlink(missing_ok=True)
         if self._remove_temp and self._temp_dir:
             import shutil
 
             shutil.rmtree(self._temp_dir, ignore_errors=True)
+            self._remove_temp, self._temp_dir = False, None
 
     def _wait_exit(self, pid: int, timeout: float) -> bool:
         """Whether the head process ended within `timeout` s (reaping it when it is our child)."""

@@ -261,6 +261,8 @@ def test_a_crashed_ray_head_gets_a_new_head_the_job_resumes_and_recognition_goes
         assert done.ray_job_id == f"{job.id}-2"  # submitted again to the new head, same run folder
         new_head = _head(state)
         assert new_head["pid"] != head["pid"] and _recognizes(c, speech)
+        if Path(head["temp_dir"]).name.startswith("sa-ray-"):  # a temp dir of the server's making: cleaned up
+            assert not Path(head["temp_dir"]).exists()
         srv.signal(signal.SIGTERM)
         assert srv.wait(timeout=120) == 0
     events = _events(state, job.id)
