@@ -271,10 +271,11 @@ class AsyncSpeechClient:
                         seen.add(ev)
                         if on_event is not None and inspect.isawaitable(r := on_event(ev)):
                             await r
-            except SpeechAdaptError as e:
+                job = await self.get_job(job_id)
+            except SpeechAdaptError as e:  # a dropped watch, or no server (a restart): try again
                 clock.check(e)
                 await asyncio.sleep(clock.pause())
-            job = await self.get_job(job_id)
+                continue
             if job.ended:
                 return job
             clock.check()

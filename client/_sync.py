@@ -262,8 +262,9 @@ class SpeechClient:
                  on_event: Callable[[JobEvent], Any] | None = None) -> Job:
         """Wait until the job ends and return its final record; `on_event(JobEvent)` sees each progress event once.
 
-        A watch the server drops (UNAVAILABLE, e.g. a restart) is resumed. After `timeout` seconds
-        raises SpeechAdaptError DEADLINE_EXCEEDED (the job keeps running).
+        A watch the server drops, or a server that does not answer (UNAVAILABLE: a drain, a restart), is tried
+        again every second. After `timeout` seconds raises SpeechAdaptError DEADLINE_EXCEEDED (the job keeps
+        running).
         """
         job_id = jobs.check_id(job_id)
         clock = WaitClock(job_id, timeout)
@@ -275,10 +276,11 @@ class SpeechClient:
                         seen.add(ev)
                         if on_event is not None:
                             on_event(ev)
-            except SpeechAdaptError as e:
+                job = self.get_job(job_id)
+            except SpeechAdaptError as e:  # a dropped watch, or no server (a restart): try again
                 clock.check(e)
                 time.sleep(clock.pause())
-            job = self.get_job(job_id)
+                continue
             if job.ended:
                 return job
             clock.check()

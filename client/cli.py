@@ -460,6 +460,7 @@ def serve_config(args: argparse.Namespace):
         upload_quota_bytes=None if args.upload_quota_gb is None else int(args.upload_quota_gb * GIB),
         min_free_disk_bytes=int(args.min_free_disk_gb * GIB),
         metrics_port=args.metrics_port, metrics_host=args.metrics_host, log_format=args.log_format,
+        drain_seconds=args.drain_seconds,
     )
 
 
@@ -687,6 +688,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: no quota)")
     p.add_argument("--min-free-disk-gb", type=_non_negative_float, default=1.0, metavar="GIB",
                    help="uploads must leave this much free space on the state dir's disk, in GiB (default: 1; 0: no floor)")
+    p.add_argument("--drain-seconds", type=float, default=30.0, metavar="S",
+                   help="on SIGTERM: refuse new recognitions (UNAVAILABLE: retry elsewhere), let open ones run up to "
+                        "S seconds, then stop; a second SIGTERM or SIGINT stops at once; 0..3600 (default: 30)")
     p.set_defaults(_handler=_serve, _check=functools.partial(_check_serve, parser=p))
 
     data = sub.add_parser("data", help="prepare training and evaluation data")

@@ -12,7 +12,7 @@ import time
 import grpc
 
 from speechadapt.server.auth import CALLER
-from speechadapt.server.handlers import wrap
+from speechadapt.server.handlers import inside
 from speechadapt.server.logs import fields
 from speechadapt.server.metrics import UNKNOWN_METHOD, Metrics, code_name
 
@@ -44,10 +44,10 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             self.metrics.rpc_finished(UNKNOWN_METHOD, grpc.StatusCode.UNIMPLEMENTED.name)
             self._log(method[:MAX_LOGGED_METHOD], "", grpc.StatusCode.UNIMPLEMENTED.name, 0.0)
             return None
-        return wrap(handler, lambda context: self._observe(method, context))
+        return inside(handler, lambda context: self._observe(method, context))
 
-    @contextlib.contextmanager
-    def _observe(self, method: str, context):
+    @contextlib.asynccontextmanager
+    async def _observe(self, method: str, context):
         start = time.perf_counter()
         # the peer is read now, while the call is surely alive (not after a refused call's client has gone)
         peer = context.peer() if self.log_rpcs else ""

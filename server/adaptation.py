@@ -13,9 +13,12 @@ Two parts:
   Run folders are STATE_DIR/runs/<job id>.
 
   Restart: on start, every job not in a terminal state is re-attached. A run folder holding result.json finishes
-  the job from it; a submission the cluster still knows is followed (its output replayed, events already stored
-  skipped); otherwise the same command is submitted again as attempt N+1 with the same run folder, and the job
-  resumes from its last checkpoint.
+  the job from it (first storing the events of its output that no server saw, when the cluster still holds it);
+  a submission the cluster still knows is followed (its output replayed, events already stored skipped);
+  otherwise the same command is submitted again as attempt N+1 with the same run folder, and the job resumes
+  from its last checkpoint. While a job is followed: when the owned local head dies, a new one is
+  started and the job submitted again (it resumes from its last checkpoint); when an external cluster does not
+  answer for CLUSTER_LOST_S, the job is FAILED with that reason.
 
 * `AdaptationService` is the gRPC surface: it checks requests (every problem listed at once, in the status the
   contract gives) and turns records into messages. With --auth-tokens (server/auth.py) a job records the name
@@ -65,6 +68,7 @@ ENTRYPOINT_MODULE = "speechadapt.training.adapt"
 MANIFEST_KEYS = ("train_manifest", "dev_manifest", "source_dev_manifest")
 MAX_ATTEMPTS = 5  # submissions of one job (a resubmission follows a lost Ray job, e.g. after a head restart)
 POLL_S = 1.0
+CLUSTER_LOST_S = 300.0  # a Ray cluster that does not answer this long while a job runs: the job FAILED
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
 
@@ -193,6 +197,7 @@ class JobManager:
             job = self.store.get(job_id)
             result_file = Path(job.run_dir) / "result.json"
             if resume and result_file.is_file():
+                await self._replay_unseen(job)
                 self._finish_from_result(job_id, None)
                 return
             await self.backend.start()
@@ -214,9 +219,9 @@ class JobManager:
                 if info is not None:
                     self._conclude(job_id, info)
                     return
-                # the cluster lost the submission while we followed it (e.g. the head was restarted)
+                # the cluster lost the submission while we followed it (e.g. the head was restarted, or died)
                 follow = False
-                self._event(job_id, {"phase": "resubmit", "message": "the Ray job was lost: submitting it again"})
+                self._event(job_id, {"phase": "resubmit", "message": self._lost_message()})
         except asyncio.CancelledError:
             raise  # the server is stopping: the record keeps its state for the next server
         except RayUnavailable as e:
@@ -224,6 +229,17 @@ class JobManager:
         except Exception as e:  # never leave a job hanging in RUNNING without a follower
             log.exception("job %s failed in the server", job_id)
             self._fail_unless_terminal(job_id, f"the server could not run the job: {type(e).__name__}: {e}")
+
+    async def _replay_unseen(self, job: JobRecord) -> None:
+        """Store the events of a job that ended while no server followed it, from its output, when the cluster
+        still holds it (a server-owned head that was stopped took that output with it)."""
+        if not job.ray_job_id or not self.backend.reachable_without_starting():
+            return
+        try:
+            await self.backend.start()
+            self._reader(job.id, job.attempt)((await self.backend.logs(job.ray_job_id)).splitlines())
+        except Exception as e:  # the result is what matters; the output is a nice-to-have
+            log.info("job %s: its output is not available (%s): finishing it from its result alone", job.id, e)
 
     def _fail_unless_terminal(self, job_id: str, reason: str) -> None:
         with contextlib.suppress(JobNotFound):
@@ -254,16 +270,37 @@ class JobManager:
             await self.backend.stop_job(sid)
         return job
 
+    def _lost_message(self) -> str:
+        if self.backend.head_lost():
+            return ("the local Ray head died under the job (a crash or a kill): starting a new head and submitting "
+                    "the job again; it resumes from its last checkpoint")
+        return "the Ray cluster lost the job (e.g. its head restarted): submitting it again; it resumes from its last checkpoint"
+
     async def _follow(self, job_id: str) -> RayJobInfo | None:
-        """Follow the latest attempt until Ray reports it ended (its final info), or None if Ray lost it."""
+        """Follow the latest attempt until Ray reports it ended (its final info), or None if Ray lost it (the
+        cluster does not know it any more, or the owned local head died). A cluster that does not answer for
+        CLUSTER_LOST_S fails the job (RayUnavailable)."""
         job = self.store.get(job_id)
         sid, attempt = job.ray_job_id, job.attempt
         tail = asyncio.get_running_loop().create_task(self._tail(job_id, sid, attempt))
         info: RayJobInfo | None = None
         last_stop = 0.0
+        silent_since: float | None = None
         try:
             while True:
-                info = await self.backend.info(sid)
+                try:
+                    info = await self.backend.info(sid)
+                except OSError as e:  # the dashboard does not answer (requests' ConnectionError is an OSError)
+                    if self.backend.head_lost():
+                        info = None
+                        break
+                    silent_since = silent_since or time.monotonic()
+                    if time.monotonic() - silent_since > CLUSTER_LOST_S:
+                        raise RayUnavailable(f"the Ray cluster has not answered for {CLUSTER_LOST_S:.0f} s ({e}); the "
+                                             f"job stops here, its checkpoints stay in {job.run_dir}") from e
+                    await asyncio.sleep(POLL_S)
+                    continue
+                silent_since = None
                 if info is None or info.terminal:
                     break
                 if info.status == "RUNNING" and self.store.get(job_id).state == QUEUED:

@@ -20,6 +20,7 @@ from speechadapt.server.auth import AuthInterceptor, Authenticator, is_loopback
 from speechadapt.server.batcher import BatchConfig, Batcher
 from speechadapt.server.config import ServerConfig
 from speechadapt.server.datastore import DataStore
+from speechadapt.server.drain import Drain, DrainInterceptor
 from speechadapt.server.jobs import JobStore
 from speechadapt.server.metrics import Metrics
 from speechadapt.server.models_service import ModelsService
@@ -45,7 +46,9 @@ class SpeechServer:
     server with the same state dir) and stops the Ray head this server started, if any.
 
     `metrics` holds the server's Prometheus metrics (server/metrics.py); with `config.metrics_port` they are
-    served over HTTP from `start()` to `stop()`, `metrics_port` being the bound port."""
+    served over HTTP from `start()` to `stop()`, `metrics_port` being the bound port. `drain_and_stop()`
+    (SIGTERM) first drains: no new recognitions, health NOT_SERVING, open streams run on for a while
+    (server/drain.py)."""
 
     def __init__(self, config: ServerConfig):
         self.config = config
@@ -59,7 +62,9 @@ class SpeechServer:
         self.admission = Admission(config.max_streams)
         self.executor = ThreadPoolExecutor(max_workers=config.workers or config.cores, thread_name_prefix="infer")
         self.batcher = Batcher(BatchConfig(config.batch_max, config.batch_wait_ms), self.metrics)
+        self.drain = Drain()
         self.server: grpc.aio.Server | None = None
+        self.health: health.aio.HealthServicer | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
         self.jobs: JobManager | None = None
@@ -91,6 +96,7 @@ class SpeechServer:
         interceptors = [AccessInterceptor(self.metrics, log_rpcs=self.config.log_format == "json")]
         if self.auth is not None:
             interceptors.append(AuthInterceptor(self.auth))
+        interceptors.append(DrainInterceptor(self.drain))
         server = grpc.aio.server(options=opts, interceptors=interceptors)
         state = self.config.state_path
         try:
@@ -128,7 +134,7 @@ class SpeechServer:
         await server.start()
         for name in SERVICES + ("",):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self.server = server
+        self.server, self.health = server, health_servicer
         if self.jobs is not None:
             await self.jobs.start()
         transport = ("mTLS" if self.config.tls_client_ca else "TLS") if self.config.tls_cert else "plaintext"
@@ -169,6 +175,24 @@ class SpeechServer:
         await self.batcher.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
+    async def drain_and_stop(self, seconds: float) -> None:
+        """Drain, then stop: new recognitions, uploads, job submissions and watches get UNAVAILABLE (retry
+        elsewhere), health says NOT_SERVING, open recognitions and uploads run on until they end, `seconds` pass
+        or `self.drain.hurry()` (a second signal); those still open then end with UNAVAILABLE. Jobs are not
+        cancelled: `stop()` only stops following them."""
+        self.drain.begin()
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
+        log.info("draining: no new recognitions; waiting up to %g s for %d open calls (a second SIGTERM or SIGINT "
+                 "stops at once)", seconds, self.drain.open_calls)
+        if await self.drain.wait(seconds):
+            log.info("drained: no open calls")
+        else:
+            why = "it was told to stop at once" if self.drain.hurried else f"its drain time of {seconds:g} s ran out"
+            n = await self.drain.cut(why)
+            log.warning("ended %d calls still open: %s", n, why)
+        await self.stop()
+
     async def wait(self) -> None:
         await self.server.wait_for_termination()
 
@@ -180,17 +204,25 @@ async def _serve(config: ServerConfig) -> None:
     if srv.metrics_url is not None:
         print(f"speechadapt metrics on {srv.metrics_url}", flush=True)
     stop = asyncio.Event()
+
+    def on_stop_signal():
+        if stop.is_set():
+            log.info("a second stop signal: ending open calls now")
+            srv.drain.hurry()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_stop_signal)
     loop.add_signal_handler(signal.SIGHUP, srv.reload_auth)
     await stop.wait()
     log.info("shutting down")
-    await srv.stop()
+    await srv.drain_and_stop(config.drain_seconds)
 
 
 def run(config: ServerConfig) -> int:
-    """Serve until SIGINT or SIGTERM (SIGHUP re-reads the --auth-tokens file). Returns an exit code."""
+    """Serve until SIGINT or SIGTERM, then drain for up to `config.drain_seconds` (a second signal: at once) and
+    stop (SIGHUP re-reads the --auth-tokens file). Returns an exit code."""
     logs.setup(config.log_format)
     config.model_store.mkdir(parents=True, exist_ok=True)
     asyncio.run(_serve(config))

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import grpc
 
-from speechadapt.server.handlers import refusal, wrap
+from speechadapt.server.handlers import inside, refusal
 from speechadapt.v1 import adaptation_pb2, models_pb2, recognizer_pb2
 
 log = logging.getLogger(__name__)
@@ -257,9 +257,9 @@ class Authenticator:
         return caller
 
 
-@contextlib.contextmanager
-def _as(caller: Caller, _context):
-    """Run a call with CALLER set to `caller` (left set afterwards: an outer interceptor may log the name)."""
+@contextlib.asynccontextmanager
+async def _acting_as(caller: Caller):
+    """The call runs with CALLER set to `caller` (left set afterwards: the access interceptor logs the name)."""
     CALLER.set(caller)
     yield
 
@@ -279,7 +279,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             caller = self.auth.authorize(handler_call_details.method, handler_call_details.invocation_metadata)
         except AuthError as e:
             return refusal(handler, e.code, e.message)
-        return handler if caller is None else wrap(handler, functools.partial(_as, caller))
+        return handler if caller is None else inside(handler, lambda _context: _acting_as(caller))
 
 
 def is_loopback(host: str) -> bool:

@@ -51,6 +51,8 @@ class ServerConfig:
     data_roots: tuple[Path, ...] = ()
     upload_quota_bytes: int | None = None  # blob bytes one owner (token name) may store; None: no limit
     min_free_disk_bytes: int = GIB  # uploads must leave this much free space on the state dir's disk
+    # SIGTERM: refuse new recognitions, let open ones run up to this many seconds, then stop (server/drain.py)
+    drain_seconds: float = 30.0
 
     def __post_init__(self):
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -78,6 +80,9 @@ class ServerConfig:
             raise ValueError("metrics_host needs metrics_port (--metrics-port N)")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}")
+        if not 0 <= self.drain_seconds <= 3600:
+            raise ValueError(f"drain_seconds must be 0..3600 (seconds open streams may run on after SIGTERM), "
+                             f"not {self.drain_seconds}")
         if self.ray_num_cpus < 0:
             raise ValueError("ray_num_cpus must not be negative (0 = all cores)")
         if isinstance(self.data_roots, (str, Path)):

@@ -11,8 +11,9 @@ routable address) and RAY_AUTH_MODE=disabled (Ray 2.60 turns token auth on for a
 exists; the head only listens on loopback). Its pid, dashboard URL and temp dir are recorded in
 STATE_DIR/ray/head.json: `close()` stops exactly that head (SIGTERM to the `ray start --block` process, which
 takes its raylet, GCS, dashboard and workers down with it; never `ray stop`, which kills every Ray on the
-machine). A server that died without stopping its head adopts it on the next start (same state dir), so its
-jobs keep running.
+machine). The head runs in its own session, so a server killed without stopping it (kill -9) leaves it and its
+jobs running; the next server with the same state dir adopts it and re-attaches the jobs. A head that dies
+under a running server (`head_lost()`) is replaced by a new one at the next submission (`ensure_running()`).
 
 `ray` is only in the `training` extra and is imported lazily: `unavailable()` says what to install otherwise.
 All blocking calls run in threads; the methods are coroutines.
@@ -152,13 +153,18 @@ class RayBackend:
                 raise RayUnavailable(f"cannot reach the Ray cluster at {url}: {e}") from e
             log.info("Ray jobs via %s (%s)", url, "owned local head" if self.local else "external cluster")
 
+    def head_lost(self) -> bool:
+        """Whether the owned local head this backend started (or adopted) has died since (a crash, a kill)."""
+        return self.local and self._client is not None and not (self._head_pid is not None and self._head_alive())
+
     async def ensure_running(self) -> None:
         """Like `start`, and when the owned head has died since, start a new one (its jobs are gone with it)."""
-        if self.local and self._client is not None and not (self._head_pid is not None and self._head_alive()):
-            log.warning("the local Ray head (pid %s) is gone: starting a new one", self._head_pid)
+        if self.head_lost():
             async with self._lock:
-                self._client = None
-                self._head = self._head_pid = self._head_url = None
+                if self.head_lost():  # not replaced meanwhile by another job's call
+                    log.warning("the local Ray head (pid %s) is gone: starting a new one", self._head_pid)
+                    self._client = None
+                    await asyncio.to_thread(self._forget_head)
         await self.start()
 
     def _head_alive(self) -> bool:
@@ -188,17 +194,27 @@ class RayBackend:
     def _head_file(self) -> Path:
         return self.state_dir / "ray" / "head.json"
 
-    def _adopt_head(self) -> str | None:
-        """The dashboard URL of a head this state dir started before and that still runs, else None."""
-        path = self._head_file()
+    def _recorded_head(self) -> tuple[int, str, str] | None:
+        """(pid, dashboard URL, temp dir) of the head this state dir started before, if it still runs."""
         try:
-            info = json.loads(path.read_text())
+            info = json.loads(self._head_file().read_text())
             pid, url, temp = int(info["pid"]), str(info["dashboard_url"]), str(info["temp_dir"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if not (_alive(pid) and f"--temp-dir={temp}" in _cmdline(pid)):
-            path.unlink(missing_ok=True)
+        return (pid, url, temp) if _alive(pid) and f"--temp-dir={temp}" in _cmdline(pid) else None
+
+    def reachable_without_starting(self) -> bool:
+        """Whether `start()` would connect without starting a head: an external cluster, or an owned head that
+        runs (this backend's, or one an earlier server left running)."""
+        return not self.local or self._head_alive() or self._recorded_head() is not None
+
+    def _adopt_head(self) -> str | None:
+        """The dashboard URL of a head this state dir started before and that still runs, else None."""
+        recorded = self._recorded_head()
+        if recorded is None:
+            self._head_file().unlink(missing_ok=True)
             return None
+        pid, url, temp = recorded
         try:
             self._connect(url)
         except Exception:
@@ -271,12 +287,17 @@ class RayBackend:
             except ProcessLookupError:
                 pass
             self._wait_exit(pid, 5.0)
+        self._forget_head()
+
+    def _forget_head(self) -> None:
+        """The head is gone: drop what pointed to it (and its temp dir, when this backend made one)."""
         self._head = self._head_pid = self._head_url = None
         self._head_file().unlink(missing_ok=True)
         if self._remove_temp and self._temp_dir:
             import shutil
 
             shutil.rmtree(self._temp_dir, ignore_errors=True)
+            self._remove_temp, self._temp_dir = False, None
 
     def _wait_exit(self, pid: int, timeout: float) -> bool:
         """Whether the head process ended within `timeout` s (reaping it when it is our child)."""

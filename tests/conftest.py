@@ -7,6 +7,9 @@ import json
 import os
 import shutil
 import socket
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -92,6 +95,28 @@ class ServerThread:
 
 
 @pytest.fixture(scope="session")
+def scot(tiny, tmp_path_factory):
+    """A small target-accent set: tiny's vocabulary spoken by espeak-ng's Scottish English voice (80 train and 20
+    dev utterances; {"train": manifest, "dev": manifest}). Kept in SPEECHADAPT_TEST_CACHE when set."""
+    from speechadapt.training.synth import SynthConfig, synthesize
+    from speechadapt.training.tiny import _sentences
+
+    cache = os.environ.get("SPEECHADAPT_TEST_CACHE")
+    out = Path(cache) / "scot" if cache else tmp_path_factory.mktemp("scot")
+    manifests = {}
+    for split, count, seed in (("train", 80, 11), ("dev", 20, 12)):
+        manifest = out / split / "manifest.jsonl"
+        if not manifest.is_file():
+            out.mkdir(parents=True, exist_ok=True)
+            sentences = _sentences(out / f"{split}.txt", count, seed)
+            synthesize(SynthConfig(out_dir=out / split, voices=["en-gb-scotland"],
+                                   variants=["none", "m1", "f2", "m3", "f4"], sentences_file=sentences, count=count,
+                                   seed=seed, quiet=True))
+        manifests[split] = manifest
+    return manifests
+
+
+@pytest.fixture(scope="session")
 def server(tiny):
     srv = ServerThread(model_store=tiny.store, default_model="tiny")
     yield srv
@@ -122,12 +147,59 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(pred, timeout: float = 20.0) -> None:
-    """Poll `pred` until it holds; fail after `timeout` seconds."""
-    end = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.2)
+class ServeProcess:
+    """`speechadapt serve ARGS` in a subprocess on 127.0.0.1 (`port` 0: a free one), stderr appended to `log`.
+    `address` once it listens; `kill()` is kill -9. Leaving a `with` block kills it if it still runs."""
+
+    def __init__(self, log: Path, *args, port: int = 0):
+        self.log = Path(log)
+        cmd = [sys.executable, "-m", "speechadapt.client.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+               *map(str, args)]
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # never someone else's cluster
+        with open(self.log, "a") as err:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        line = self.proc.stdout.readline()
+        if "listening on" not in line:
+            self.kill()
+            pytest.fail(f"serve did not start (exit {self.proc.returncode}):\n{self.log_text()[-6000:]}")
+        self.address = line.split()[-1]
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        """The exit code; fails the test (with the log) if it still runs after `timeout` s."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"serve still runs {timeout:g} s later:\n{self.log_text()[-6000:]}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        self.proc.stdout.close()
+
+    def __enter__(self) -> "ServeProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
+
+def wait_for(pred, timeout: float = 60.0, every: float = 0.2, what: str = "a condition"):
+    """Poll `pred()` until it returns something true (returned); fails the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(every)
 
 
 def with_silence(utterances, gap_s=1.2, rate=16000):

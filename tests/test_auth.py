@@ -24,7 +24,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from conftest import ServerThread, free_port, wait_until
+from conftest import ServerThread, free_port, wait_for
 from speechadapt.client import AsyncSpeechClient, SpeechClient
 from speechadapt.client import cli
 from speechadapt.client.types import SpeechAdaptError
@@ -251,11 +251,11 @@ def test_sighup_reloads_the_token_file_and_a_bad_file_keeps_the_old_tokens(tmp_p
         assert works(old) and not works(new)
         token_file(path, [f"{new} recognize second"])
         proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: works(new))
+        wait_for(lambda: works(new))
         assert not works(old)
         token_file(path, [f"{old} recognize first", f"{new} recognise second"])  # a bad file: kept the old table
         proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: "keeping the previous 1 tokens" in (tmp_path / "server.log").read_text())
+        wait_for(lambda: "keeping the previous 1 tokens" in (tmp_path / "server.log").read_text())
         assert works(new) and not works(old) and proc.poll() is None
         # the CLI against it, with --token
         r = subprocess.run([sys.executable, "-m", "speechadapt.client.cli", "models", "list", "--server", address,

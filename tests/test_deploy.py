@@ -26,6 +26,8 @@ def test_server_args_parse_and_jobs_have_one_writer():
         for c in _containers(d):
             args = parser.parse_args(c["args"])  # every flag exists and every value parses
             assert args.command == "serve" and args.state_dir == "/state"
+            # Kubernetes kills the pod after its grace period: the drain must end well before
+            assert d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= args.drain_seconds + 15
     jobs = deployments["speechadapt-jobs"]
     assert jobs["spec"]["replicas"] == 1 and jobs["spec"]["strategy"]["type"] == "Recreate"
     assert "--ray-address" in _containers(jobs)[0]["args"]

@@ -451,22 +451,6 @@ slow = pytest.mark.skipif(not _adapt_available(), reason="needs ray and speechad
 
 
 @pytest.fixture(scope="module")
-def scot(tiny, tmp_path_factory):
-    """A small target-accent set: tiny's vocabulary spoken by espeak-ng's Scottish English voice."""
-    from speechadapt.training.synth import SynthConfig, synthesize
-    from speechadapt.training.tiny import _sentences
-
-    out = tmp_path_factory.mktemp("scot")
-    manifests = {}
-    for split, count, seed in (("train", 80, 11), ("dev", 20, 12)):
-        sentences = _sentences(out / f"{split}.txt", count, seed)
-        synthesize(SynthConfig(out_dir=out / split, voices=["en-gb-scotland"], variants=["none", "m1", "f2", "m3", "f4"],
-                               sentences_file=sentences, count=count, seed=seed, quiet=True))
-        manifests[split] = out / split / "manifest.jsonl"
-    return manifests
-
-
-@pytest.fixture(scope="module")
 def ray_server(tiny, scot, tmp_path_factory):
     """A server owning a local Ray head, with the scot data uploaded; yields (holder, uris, store, state)."""
     root = tmp_path_factory.mktemp("rayjobs")

@@ -24,7 +24,7 @@ import pytest
 import soundfile as sf
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ServerThread, free_port, wait_until
+from conftest import ServerThread, free_port, wait_for
 from speechadapt.client import SpeechClient, StreamConfig, cli
 from speechadapt.client.types import SpeechAdaptError
 from speechadapt.server.app import SpeechServer
@@ -89,10 +89,10 @@ def test_metrics_count_streams_rpcs_audio_latency_batches_loads_uploads_and_jobs
                     release.wait(60)
 
                 call = stub.StreamingRecognize(open_stream(), timeout=60)
-                wait_until(lambda: value(scrape(port), "speechadapt_active_streams") == 1, timeout=30)
+                wait_for(lambda: value(scrape(port), "speechadapt_active_streams") == 1, timeout=30)
                 call.cancel()
                 release.set()
-                wait_until(lambda: value(scrape(port), "speechadapt_streams_total", code="CANCELLED") == 1, timeout=30)
+                wait_for(lambda: value(scrape(port), "speechadapt_streams_total", code="CANCELLED") == 1, timeout=30)
             # an upload: its blob bytes are counted
             manifest = tmp_path / "one.jsonl"
             manifest.write_text(json.dumps({"audio": str(speech), "text": "anything"}) + "\n")
@@ -106,7 +106,7 @@ def test_metrics_count_streams_rpcs_audio_latency_batches_loads_uploads_and_jobs
             s = scrape(port)
             return s if value(s, "speechadapt_streams_total", code="INVALID_ARGUMENT") == 1 else {}
 
-        wait_until(lambda: counted(), timeout=30)  # the aborted stream is counted as its handler unwinds
+        wait_for(lambda: counted(), timeout=30)  # the aborted stream is counted as its handler unwinds
         s = counted()
         assert value(s, "speechadapt_streams_total", code="OK") == 1
         assert value(s, "speechadapt_active_streams") == 0  # none open: the cancelled one is counted out too
