@@ -32,6 +32,7 @@ import json
 import logging
 import re
 import shlex
+import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -40,6 +41,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from speechadapt.asr.store import disk_full
 from speechadapt.jobspec import DATA_URI, JobSpec, JobSpecError
 from speechadapt.server.auth import CALLER, Caller
 from speechadapt.server.datastore import DataStore, UploadError, check_sha
@@ -554,7 +556,16 @@ class AdaptationService(pb_grpc.AdaptationServicer):
         reason = RayBackend.unavailable()
         if reason:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, reason)
-        return job_message(self.manager.submit(spec, owner=caller.name if caller is not None else ""))
+        try:
+            job = self.manager.submit(spec, owner=caller.name if caller is not None else "")
+        except (OSError, sqlite3.Error) as e:
+            state = self.store.path.parent
+            if disk_full(e):
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the server's state dir {state} is full "
+                                    f"({e}): the job was not recorded; submit it again when the server has space")
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"the server cannot record the job in its state "
+                                f"dir {state} ({e}); nothing was recorded")
+        return job_message(job)
 
     def _in_client_terms(self, problem: str, spec: JobSpec, resolved: JobSpec) -> str:
         """A problem about server-side files, in the names the client used: data URIs and blob sha256s."""

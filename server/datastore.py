@@ -10,6 +10,8 @@
                                    what `data://<sha>` resolves to for training jobs
 
 A blob is verified when its last byte arrives: a sha256 mismatch discards the partial file (DATA_LOSS).
+A chunk is appended whole or not at all, and every file but a `.part` appears complete in one rename: a full
+disk (RESOURCE_EXHAUSTED) or a crash leaves what was there before, and an upload resumes where it stopped.
 Every failure is an `UploadError` carrying the gRPC status to answer and a message that says what to fix.
 Methods are blocking (file I/O and hashing): call them off the event loop. They are thread-safe.
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import grpc
 
-from speechadapt.asr.store import fsync_dir
+from speechadapt.asr.store import disk_full, fsync_dir
 
 DATA_URI = "data://"
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -39,6 +41,17 @@ class UploadError(Exception):
     def __init__(self, code: grpc.StatusCode, message: str):
         super().__init__(message)
         self.code = code
+
+
+def storage_error(e: OSError, where: Path, what: str) -> UploadError:
+    """A file-system failure while storing `what` under `where`: RESOURCE_EXHAUSTED when the disk is full,
+    FAILED_PRECONDITION otherwise (e.g. a read-only state dir)."""
+    if disk_full(e):
+        return UploadError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"the server's data store {where} is full ({e.strerror}): {what} was not stored; "
+                           "retry when the server has space (CheckUpload tells where an upload resumes)")
+    return UploadError(grpc.StatusCode.FAILED_PRECONDITION,
+                       f"the server cannot write its data store {where} ({e.strerror or e}): {what} was not stored")
 
 
 @dataclass(frozen=True)
@@ -117,43 +130,48 @@ class DataStore:
             raise UploadError(grpc.StatusCode.INVALID_ARGUMENT,
                               f"blob {sha[:12]}: a chunk of {len(data)} bytes at offset {offset} does not fit in total_size {total_size}")
         with self._lock(sha):
-            final = self.blob_path(sha)
-            if final.is_file():
-                if final.stat().st_size != total_size:
-                    raise UploadError(grpc.StatusCode.INVALID_ARGUMENT,
-                                      f"blob {sha[:12]}: the store holds it with {final.stat().st_size} bytes, not total_size {total_size}")
-                return 0, True
-            part = self._part(sha)
-            part.parent.mkdir(parents=True, exist_ok=True)
-            present = part.stat().st_size if part.is_file() else 0
-            if present > total_size:
-                part.unlink()
+            try:
+                return self._append(sha, total_size, offset, data)
+            except OSError as e:
+                raise storage_error(e, self.root, f"the chunk at offset {offset} of blob {sha[:12]}") from None
+
+    def _append(self, sha: str, total_size: int, offset: int, data: bytes) -> tuple[int, bool]:
+        final = self.blob_path(sha)
+        if final.is_file():
+            if final.stat().st_size != total_size:
                 raise UploadError(grpc.StatusCode.INVALID_ARGUMENT,
-                                  f"blob {sha[:12]}: {present} bytes were uploaded before with a different size; "
-                                  "they were discarded, upload it again from offset 0")
-            if offset > present:
-                raise UploadError(grpc.StatusCode.INVALID_ARGUMENT,
-                                  f"blob {sha[:12]}: chunk at offset {offset}, but the store holds only {present} bytes of it; "
-                                  f"send chunks in order and resume from offset {present} (see CheckUpload)")
-            skip = present - offset
-            written = 0
-            if skip < len(data):
-                with open(part, "ab") as f:
-                    written = f.write(data[skip:])
-                present += written
-            if present < total_size:
-                return written, False
-            digest = _sha256_file(part)
-            if digest != sha:
-                part.unlink()
-                raise UploadError(grpc.StatusCode.DATA_LOSS,
-                                  f"blob {sha[:12]}: the {total_size} bytes received hash to sha256 {digest}, not {sha}; "
-                                  "the partial upload was discarded: check the file and upload it again from offset 0")
-            with open(part, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(part, final)
-            fsync_dir(final.parent)
-            return written, True
+                                  f"blob {sha[:12]}: the store holds it with {final.stat().st_size} bytes, not total_size {total_size}")
+            return 0, True
+        part = self._part(sha)
+        part.parent.mkdir(parents=True, exist_ok=True)
+        present = part.stat().st_size if part.is_file() else 0
+        if present > total_size:
+            part.unlink()
+            raise UploadError(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"blob {sha[:12]}: {present} bytes were uploaded before with a different size; "
+                              "they were discarded, upload it again from offset 0")
+        if offset > present:
+            raise UploadError(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"blob {sha[:12]}: chunk at offset {offset}, but the store holds only {present} bytes of it; "
+                              f"send chunks in order and resume from offset {present} (see CheckUpload)")
+        skip = present - offset
+        written = 0
+        if skip < len(data):
+            written = _append_whole(part, memoryview(data)[skip:], present)
+            present += written
+        if present < total_size:
+            return written, False
+        digest = _sha256_file(part)
+        if digest != sha:
+            part.unlink()
+            raise UploadError(grpc.StatusCode.DATA_LOSS,
+                              f"blob {sha[:12]}: the {total_size} bytes received hash to sha256 {digest}, not {sha}; "
+                              "the partial upload was discarded: check the file and upload it again from offset 0")
+        with open(part, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(part, final)
+        fsync_dir(final.parent)
+        return written, True
 
     # -- manifests
 
@@ -210,10 +228,13 @@ class DataStore:
 
         sha = hashlib.sha256(content).hexdigest()
         folder = self.root / "manifests"
-        _atomic_write(folder / f"{sha}.jsonl", content)
         info = {"name": name, "utterances": len(items), "audio_seconds": round(sum(durations[d["audio"]] for d in items), 3)}
-        _atomic_write(folder / f"{sha}.json", json.dumps(info).encode())
-        self._write_resolved(sha, items, durations)
+        try:  # the manifest itself last: until it is there, the data URI is unknown (no half-stored manifest)
+            _atomic_write(folder / f"{sha}.json", json.dumps(info).encode())
+            self._write_resolved(sha, items, durations)
+            _atomic_write(folder / f"{sha}.jsonl", content)
+        except OSError as e:
+            raise storage_error(e, self.root, f"manifest {name!r}") from None
         return ManifestInfo(DATA_URI + sha, info["utterances"], info["audio_seconds"])
 
     def known(self, uri: str) -> bool:
@@ -242,13 +263,34 @@ class DataStore:
         _atomic_write(self.root / "manifests" / f"{sha}.resolved.jsonl", ("\n".join(out) + "\n").encode())
 
 
+def _append_whole(path: Path, data: memoryview, size: int) -> int:
+    """Append `data` to the file of `size` bytes at `path`, all of it or nothing (a failed write, e.g. a full
+    disk, cuts the file back to `size`). Returns the bytes written."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        rest = data
+        while rest:
+            rest = rest[os.write(fd, rest):]
+    except OSError:
+        os.ftruncate(fd, size)
+        raise
+    finally:
+        os.close(fd)
+    return len(data)
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
+    """`path` holds `data` or what it held before: never a part (a failure, e.g. a full disk, removes the temp)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _listing(head: str, items: list[str], limit: int = 20) -> str:
