@@ -457,7 +457,7 @@ def _serve(args: argparse.Namespace) -> int:
             state_dir=Path(args.state_dir) if args.state_dir else None, ray_address=args.ray_address,
             model_memory_mb=args.model_memory_mb, max_blob_bytes=args.max_upload_mb * 1024 * 1024,
             max_upload_bytes=args.max_upload_mb * 1024 * 1024,
-            batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms,
+            batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms, write_timeout_s=args.write_timeout_s,
         )
         return run(config)
     except ValueError as e:
@@ -642,6 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="concurrent recognitions (default: 64)")
     p.add_argument("--max-message-mb", type=_positive_int, default=8, metavar="N",
                    help="largest gRPC message in MiB (default: 8)")
+    p.add_argument("--write-timeout-s", type=_positive_float, default=30.0, metavar="S",
+                   help="end a stream whose client takes no response for S seconds (a slow reader), with "
+                        "RESOURCE_EXHAUSTED (default: 30)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--batch-max", type=_positive_int, default=32, metavar="N",
                    help="streams whose chunks share one forward pass (default: 32; 1 = no batching)")

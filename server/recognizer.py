@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from concurrent.futures import Executor
@@ -61,55 +62,85 @@ async def _session(model, opts, executor, context, batcher=None) -> RecognitionS
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
 
+class ResponsesNotRead(Exception):
+    """A stream's client took no response for the write timeout (a slow reader): the stream is ended."""
+
+
 class RecognizerService(pb_grpc.RecognizerServicer):
-    def __init__(self, registry: ModelRegistry, admission: Admission, executor: Executor, batcher: Batcher | None = None):
+    """`write_timeout_s`: how long one response may wait for the client to take it (HTTP/2 flow control: a client
+    that does not read fills its window, then the server's writes wait). Past it the stream is ended with
+    RESOURCE_EXHAUSTED, and its slot, session and model state are freed first. While a write waits the stream
+    reads no more audio, so a client that sends fast and never reads holds at most the transport's windows."""
+
+    def __init__(self, registry: ModelRegistry, admission: Admission, executor: Executor, batcher: Batcher | None = None,
+                 write_timeout_s: float = 30.0):
         self.registry, self.admission, self.executor, self.batcher = registry, admission, executor, batcher
+        self.write_timeout_s = write_timeout_s
 
     async def StreamingRecognize(self, request_iterator, context):
-        async with self.admission.slot(context):
-            requests = request_iterator.__aiter__()
-            try:
-                first = await requests.__anext__()
-            except StopAsyncIteration:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty stream: send a streaming_config, then audio_content")
-            if first.WhichOneof("streaming_request") != "streaming_config":
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    "the first message must carry streaming_config; send the config first, then audio_content",
-                )
-            try:
-                opts = check_streaming_config(first.streaming_config)
-            except InvalidRequest as e:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-            model = await _model_for(self.registry, opts, context)
-            session = await _session(model, opts, self.executor, context, self.batcher)
-            await context.send_initial_metadata((("x-speechadapt-model", model.name),))
-            first_response = True
+        try:
+            async with self.admission.slot(context):
+                await self._stream(request_iterator, context)
+            return
+        except ResponsesNotRead as e:
+            reason = str(e)  # not the exception: its traceback would keep the session alive
+        # after the slot, session and model stream are freed: the status waits behind the unread responses,
+        # until the client reads them or goes away
+        log.warning("ended a stream from %s: %s", context.peer(), reason)
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
 
-            def response(results, event=pb.StreamingRecognizeResponse.SPEECH_EVENT_UNSPECIFIED):
-                nonlocal first_response
-                msg = pb.StreamingRecognizeResponse(results=results, speech_event_type=event)
-                if first_response:
-                    msg.model, first_response = model.name, False
-                return msg
+    async def _write(self, context, msg: pb.StreamingRecognizeResponse) -> None:
+        try:
+            await asyncio.wait_for(context.write(msg), self.write_timeout_s)
+        except asyncio.TimeoutError:
+            raise ResponsesNotRead(
+                f"the client took no response of this stream for {self.write_timeout_s:g} s (the server's "
+                "--write-timeout-s), so the server ended it; read the responses as they arrive") from None
 
-            try:
-                with self.batcher.session() if self.batcher else contextlib.nullcontext():
-                    async for req in requests:
-                        if req.WhichOneof("streaming_request") == "streaming_config":
-                            raise InvalidRequest("streaming_config may only be sent once, in the first message; then send audio_content")
-                        results = await session.accept(req.audio_content)
-                        if session.done:
-                            yield response([], pb.StreamingRecognizeResponse.END_OF_SINGLE_UTTERANCE)
-                            yield response(results)
-                            return
-                        if results:
-                            yield response(results)
-                    results = await session.finish()
+    async def _stream(self, request_iterator, context) -> None:
+        requests = request_iterator.__aiter__()
+        try:
+            first = await requests.__anext__()
+        except StopAsyncIteration:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty stream: send a streaming_config, then audio_content")
+        if first.WhichOneof("streaming_request") != "streaming_config":
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the first message must carry streaming_config; send the config first, then audio_content",
+            )
+        try:
+            opts = check_streaming_config(first.streaming_config)
+        except InvalidRequest as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        model = await _model_for(self.registry, opts, context)
+        session = await _session(model, opts, self.executor, context, self.batcher)
+        await context.send_initial_metadata((("x-speechadapt-model", model.name),))
+        first_response = True
+
+        def response(results, event=pb.StreamingRecognizeResponse.SPEECH_EVENT_UNSPECIFIED):
+            nonlocal first_response
+            msg = pb.StreamingRecognizeResponse(results=results, speech_event_type=event)
+            if first_response:
+                msg.model, first_response = model.name, False
+            return msg
+
+        try:
+            with self.batcher.session() if self.batcher else contextlib.nullcontext():
+                async for req in requests:
+                    if req.WhichOneof("streaming_request") == "streaming_config":
+                        raise InvalidRequest("streaming_config may only be sent once, in the first message; then send audio_content")
+                    results = await session.accept(req.audio_content)
+                    if session.done:
+                        await self._write(context, response([], pb.StreamingRecognizeResponse.END_OF_SINGLE_UTTERANCE))
+                        await self._write(context, response(results))
+                        return
                     if results:
-                        yield response(results)
-            except InvalidRequest as e:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+                        await self._write(context, response(results))
+                results = await session.finish()
+                if results:
+                    await self._write(context, response(results))
+        except InvalidRequest as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
     async def Recognize(self, request, context):
         async with self.admission.slot(context):
