@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from speechadapt.asr.package import CARD, read_card
+from speechadapt.quote import quote
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "models"
 
@@ -48,12 +49,12 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     name, sep, ver = ref.strip().partition("@")
     if not _NAME.match(name) or ".." in name:
         raise ValueError(
-            f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' (at most 64, no path separators or '..')"
+            f"invalid model name {quote(name)}: use letters, digits, '.', '_' or '-' (at most 64, no path separators or '..')"
         )
     if not sep:
         return name, None
-    if not ver.isdigit() or int(ver) < 1:
-        raise ValueError(f"invalid model version {ver!r} in {ref!r}: use name@N with N a positive integer")
+    if not (ver.isascii() and ver.isdigit()) or len(ver) > 9 or int(ver) < 1:
+        raise ValueError(f"invalid model version {quote(ver)} in {quote(ref)}: use name@N with N a positive integer")
     return name, int(ver)
 
 

@@ -43,6 +43,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from speechadapt.asr.store import disk_full
 from speechadapt.jobspec import DATA_URI, JobSpec, JobSpecError
+from speechadapt.quote import quote
 from speechadapt.server.auth import CALLER, Caller
 from speechadapt.server.datastore import DataStore, UploadError, check_sha
 from speechadapt.server.jobs import (CANCELLED, FAILED, QUEUED, RUNNING, STATES, SUCCEEDED, TERMINAL, JobNotFound,
@@ -510,7 +511,7 @@ class AdaptationService(pb_grpc.AdaptationServicer):
         except JobNotFound:
             job = None
         if job is None or (caller is not None and not caller.sees(job.owner)):
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {job_id!r} on this server (ListJobs shows them)")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {quote(job_id)} on this server (ListJobs shows them)")
         return job
 
     # -- jobs
@@ -533,7 +534,7 @@ class AdaptationService(pb_grpc.AdaptationServicer):
         except ModelNotFound as e:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"base_model: {e.args[0]}")
         except PackageError as e:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"base_model {spec.base_model!r} cannot be used: {e}")
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"base_model {quote(spec.base_model)} cannot be used: {e}")
         except ValueError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"base_model: {e}")
         problems = []
@@ -592,7 +593,7 @@ class AdaptationService(pb_grpc.AdaptationServicer):
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         before = None
         if request.page_token:
-            if not request.page_token.isdigit():
+            if not (request.page_token.isascii() and request.page_token.isdigit() and len(request.page_token) <= 18):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_token: pass the next_page_token of the "
                                     "previous ListJobs response unchanged")
             before = int(request.page_token)

@@ -84,7 +84,8 @@ class SpeechServer:
             adaptation = AdaptationUnavailable(f"its state dir {state} cannot be used ({e}); "
                                                "restart it with a writable --state-dir")
         recognizer_pb2_grpc.add_RecognizerServicer_to_server(RecognizerService(
-            self.registry, self.admission, self.executor, self.batcher, self.config.write_timeout_s), server)
+            self.registry, self.admission, self.executor, self.batcher, self.config.write_timeout_s,
+            max_decoded_samples=2 * self.config.max_message_bytes), server)
         models_pb2_grpc.add_ModelsServicer_to_server(ModelsService(self.registry), server)
         adaptation_pb2_grpc.add_AdaptationServicer_to_server(adaptation, server)
         health_servicer = health.aio.HealthServicer()

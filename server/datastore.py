@@ -29,6 +29,7 @@ from pathlib import Path
 import grpc
 
 from speechadapt.asr.store import disk_full, fsync_dir
+from speechadapt.quote import quote
 
 DATA_URI = "data://"
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -72,7 +73,7 @@ def check_sha(sha: str, what: str = "sha256") -> str:
     """A lower-case hex sha256, or UploadError(INVALID_ARGUMENT)."""
     s = (sha or "").strip().lower()
     if not _SHA.match(s):
-        raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, f"{what} {sha!r} is not a sha256: use 64 hex digits")
+        raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, f"{what} {quote(sha)} is not a sha256: use 64 hex digits")
     return s
 
 
@@ -187,10 +188,10 @@ class DataStore:
         try:
             text = content.decode("utf-8")
         except UnicodeDecodeError:
-            raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, f"manifest {name!r} is not UTF-8 text") from None
+            raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, f"manifest {quote(name)} is not UTF-8 text") from None
         lines = text.splitlines()
         if len(lines) > MAX_MANIFEST_LINES:
-            raise UploadError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"manifest {name!r} has more than {MAX_MANIFEST_LINES} lines")
+            raise UploadError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"manifest {quote(name)} has more than {MAX_MANIFEST_LINES} lines")
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -199,22 +200,25 @@ class DataStore:
             except json.JSONDecodeError as e:
                 problems.append(f"line {n}: not valid JSON ({e.msg})")
                 continue
+            except RecursionError:
+                problems.append(f"line {n}: JSON nested too deeply; give one flat object per line")
+                continue
             if not isinstance(d, dict) or not isinstance(d.get("audio"), str) or not isinstance(d.get("text"), str):
                 problems.append(f'line {n}: each line needs string fields "audio" (a blob sha256) and "text"')
                 continue
             if not _SHA.match(d["audio"].strip().lower()):
-                problems.append(f'line {n}: "audio" {d["audio"][:80]!r} must be the sha256 of an uploaded blob (64 hex digits)')
+                problems.append(f'line {n}: "audio" {quote(d["audio"])} must be the sha256 of an uploaded blob (64 hex digits)')
                 continue
             d["audio"] = d["audio"].strip().lower()
             items.append(d)
         if not items and not problems:
             problems.append("the manifest has no utterances: give one JSON object per line")
         if problems:
-            raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, _listing(f"manifest {name!r} has problems", problems))
+            raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, _listing(f"manifest {quote(name)} has problems", problems))
         missing = sorted({d["audio"] for d in items if not self.blob_path(d["audio"]).is_file()})
         if missing:
             raise UploadError(grpc.StatusCode.FAILED_PRECONDITION,
-                              _listing(f"manifest {name!r} names {len(missing)} blob(s) the store does not hold complete; "
+                              _listing(f"manifest {quote(name)} names {len(missing)} blob(s) the store does not hold complete; "
                                        "upload them (before the manifest) and retry", missing))
         durations: dict[str, float] = {}
         for sha in {d["audio"] for d in items}:
@@ -224,7 +228,7 @@ class DataStore:
             except (RuntimeError, sf.LibsndfileError) as e:
                 problems.append(f"blob {sha}: not an audio file soundfile can read ({e})")
         if problems:
-            raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, _listing(f"manifest {name!r} names unreadable audio", sorted(problems)))
+            raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, _listing(f"manifest {quote(name)} names unreadable audio", sorted(problems)))
 
         sha = hashlib.sha256(content).hexdigest()
         folder = self.root / "manifests"
@@ -234,7 +238,7 @@ class DataStore:
             self._write_resolved(sha, items, durations)
             _atomic_write(folder / f"{sha}.jsonl", content)
         except OSError as e:
-            raise storage_error(e, self.root, f"manifest {name!r}") from None
+            raise storage_error(e, self.root, f"manifest {quote(name)}") from None
         return ManifestInfo(DATA_URI + sha, info["utterances"], info["audio_seconds"])
 
     def known(self, uri: str) -> bool:

@@ -10,7 +10,7 @@ from concurrent.futures import Executor
 import grpc
 
 from speechadapt.asr import ModelNotFound, PackageError
-from speechadapt.asr.audio import decode_container, pcm16_to_float
+from speechadapt.asr.audio import AudioTooLong, decode_container, pcm16_to_float
 from speechadapt.server.options import InvalidRequest, check_config, check_language, check_streaming_config
 from speechadapt.server.batcher import Batcher
 from speechadapt.server.registry import ModelRegistry
@@ -70,12 +70,15 @@ class RecognizerService(pb_grpc.RecognizerServicer):
     """`write_timeout_s`: how long one response may wait for the client to take it (HTTP/2 flow control: a client
     that does not read fills its window, then the server's writes wait). Past it the stream is ended with
     RESOURCE_EXHAUSTED, and its slot, session and model state are freed first. While a write waits the stream
-    reads no more audio, so a client that sends fast and never reads holds at most the transport's windows."""
+    reads no more audio, so a client that sends fast and never reads holds at most the transport's windows.
+
+    `max_decoded_samples`: the most samples (frames x channels) a compressed file given to Recognize may decode to,
+    RESOURCE_EXHAUSTED past it (a 110 kB FLAC of silence decodes to 220 MiB of samples)."""
 
     def __init__(self, registry: ModelRegistry, admission: Admission, executor: Executor, batcher: Batcher | None = None,
-                 write_timeout_s: float = 30.0):
+                 write_timeout_s: float = 30.0, max_decoded_samples: int = 16 * 1024 * 1024):
         self.registry, self.admission, self.executor, self.batcher = registry, admission, executor, batcher
-        self.write_timeout_s = write_timeout_s
+        self.write_timeout_s, self.max_decoded_samples = write_timeout_s, max_decoded_samples
 
     async def StreamingRecognize(self, request_iterator, context):
         try:
@@ -156,7 +159,8 @@ class RecognizerService(pb_grpc.RecognizerServicer):
                 if opts.encoding == pb.LINEAR16:
                     samples, rate = pcm16_to_float(request.audio_content, opts.channels), opts.sample_rate
                 else:
-                    samples, rate, channels = decode_container(request.audio_content, sample_rate=None)
+                    samples, rate, channels = decode_container(request.audio_content, sample_rate=None,
+                                                               max_samples=self.max_decoded_samples)
                     if opts.sample_rate and opts.sample_rate != rate:
                         raise InvalidRequest(f"config.sample_rate_hertz {opts.sample_rate} does not match the file's {rate}; set 0 or {rate}")
                     if opts.channels and opts.channels != channels:
@@ -165,6 +169,9 @@ class RecognizerService(pb_grpc.RecognizerServicer):
                         raise InvalidRequest(f"the file's sample rate {rate} is outside 8000..48000")
                 session.accept_samples(samples, rate)
                 results = await session.finish()
+            except AudioTooLong as e:  # before ValueError, its base
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{e}; send shorter audio, or stream it "
+                                    "(LINEAR16 or WAV) with StreamingRecognize")
             except ValueError as e:  # InvalidRequest included
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             return pb.RecognizeResponse(
