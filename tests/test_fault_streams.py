@@ -133,6 +133,8 @@ def test_a_slow_reader_is_ended_without_buffering_and_others_are_served(make_ser
         with pytest.raises(grpc.RpcError) as e:
             for _ in call:  # the client reads at last: what was sent, then the status
                 responses += 1
+    print(f"slow reader: ended after taking {held / 2**20:.1f} MiB of {offered / 2**20:.0f} MiB; {responses} responses "
+          "unread until then")
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value.details()
     assert "took no response of this stream for 2 s" in e.value.details() and responses > 0
     assert recognize(srv, samples) == text
