@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import threading
 from pathlib import Path
 
@@ -101,6 +102,13 @@ def make_server(tiny):
     yield make
     for srv in started:
         srv.stop()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (e.g. a Ray address whose jobs fail at once)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def with_silence(utterances, gap_s=1.2, rate=16000):

@@ -10,13 +10,13 @@ import errno
 import hashlib
 import json
 import os
-import socket
 import subprocess
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from conftest import free_port
 from speechadapt.asr.package import read_card, verify
 from speechadapt.asr.store import ModelStore, StoreFull
 from speechadapt.training.adapt import publish_candidate
@@ -139,12 +139,6 @@ def test_publish_into_a_full_store_fails_whole_and_succeeds_with_space(small_dis
     assert listed_versions(srv, "tiny") == [1, 2]
     assert stream_model(srv, samples) == ("tiny@2", text)  # the new version on the next request
     assert stream_model(srv, samples, "tiny@1") == ("tiny@1", text)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def upload(stub, blob: bytes, start: int = 0, manifest: bytes | None = None):
