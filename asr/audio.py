@@ -27,13 +27,25 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     return resample(downmix(data), rate, sample_rate)
 
 
-def decode_container(data: bytes, sample_rate: int | None = 16000) -> tuple[np.ndarray, int, int]:
+class AudioTooLong(ValueError):
+    """Audio that decodes to more samples than allowed (a small compressed file may hold hours of silence)."""
+
+
+def decode_container(data: bytes, sample_rate: int | None = 16000,
+                     max_samples: int | None = None) -> tuple[np.ndarray, int, int]:
     """Decode a WAV or FLAC file held in memory. Returns (mono float32 at `sample_rate`, or at the
-    file's rate when None; the file's rate; its channel count)."""
+    file's rate when None; the file's rate; its channel count). More than `max_samples` samples (frames x
+    channels) raise AudioTooLong, having decoded no more than that (headers may lie about the length)."""
     try:
-        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            rate, channels = f.samplerate, f.channels
+            frames = -1 if max_samples is None else max_samples // channels + 1
+            samples = f.read(frames=frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as e:
         raise ValueError(f"cannot decode the audio container: {e}") from e
+    if max_samples is not None and samples.size > max_samples:
+        raise AudioTooLong(f"the audio decodes to more than {max_samples} samples ({channels} channel(s) at {rate} Hz: "
+                           f"over {max_samples / channels / rate:.0f} s), the most one request may decode")
     return resample(downmix(samples), rate, sample_rate or rate), rate, samples.shape[1]
 
 

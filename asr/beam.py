@@ -21,6 +21,7 @@ import torch
 
 from speechadapt.asr.decoding import Hypothesis, Word
 from speechadapt.asr.text import CharTokenizer, normalize_text
+from speechadapt.quote import quote
 
 MAX_BOOST = 20.0
 DEFAULT_BOOST = 10.0
@@ -68,11 +69,11 @@ def parse_phrases(contexts: Iterable[tuple[Sequence[str], float]], tokenizer: Ch
                 text = normalize_text(raw)
                 tokenizer.encode(text)
             except ValueError as e:
-                problems.append(f"speech_contexts[{i}].phrases[{j}] {raw!r}: {e}")
+                problems.append(f"speech_contexts[{i}].phrases[{j}] {quote(raw)}: {e}")
                 continue
             words = tuple(text.split())
             if not words:
-                problems.append(f"speech_contexts[{i}].phrases[{j}] {raw!r} has no words")
+                problems.append(f"speech_contexts[{i}].phrases[{j}] {quote(raw)} has no words")
             elif len(words) > MAX_PHRASE_WORDS:
                 problems.append(f"speech_contexts[{i}].phrases[{j}] has {len(words)} words; at most {MAX_PHRASE_WORDS}")
             else:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
+import sqlite3
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from speechadapt.asr.package import CARD, read_card
+from speechadapt.quote import quote
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "models"
 
@@ -46,12 +49,12 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     name, sep, ver = ref.strip().partition("@")
     if not _NAME.match(name) or ".." in name:
         raise ValueError(
-            f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' (at most 64, no path separators or '..')"
+            f"invalid model name {quote(name)}: use letters, digits, '.', '_' or '-' (at most 64, no path separators or '..')"
         )
     if not sep:
         return name, None
-    if not ver.isdigit() or int(ver) < 1:
-        raise ValueError(f"invalid model version {ver!r} in {ref!r}: use name@N with N a positive integer")
+    if not (ver.isascii() and ver.isdigit()) or len(ver) > 9 or int(ver) < 1:
+        raise ValueError(f"invalid model version {quote(ver)} in {quote(ref)}: use name@N with N a positive integer")
     return name, int(ver)
 
 
@@ -112,6 +115,18 @@ def resolve_path_or_ref(ref: str, store: str | Path | None = None) -> ModelRef:
     return ModelStore(store).resolve(ref)
 
 
+class StoreFull(OSError):
+    """Publishing ran out of space or inodes in the store (ENOSPC / EDQUOT); nothing was published."""
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether an error means the file system is out of space, inodes or quota (OSError ENOSPC/EDQUOT, or
+    SQLite's "database or disk is full")."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(e, sqlite3.Error) and getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -129,30 +144,38 @@ def publish(store: Path, name: str, write: Callable[[Path, int], None]) -> int:
     """Publish a package as STORE/<name>/<N>/, N = 1 + the highest version there. `write(tmp, N)` writes the
     package (files fsynced) into a temp folder in STORE/<name>/, which is renamed onto a freshly reserved
     (empty, card-less: invisible) folder N; a version taken meanwhile moves on to N+1. On any failure
-    nothing is left behind. Returns N."""
+    nothing is left behind; a full file system raises StoreFull. Returns N."""
     parse_ref(name)
     folder = Path(store) / name
-    folder.mkdir(parents=True, exist_ok=True)
-    version = (store_versions(folder) or [0])[-1] + 1
-    for _ in range(1000):
-        target = folder / str(version)
-        try:
-            os.mkdir(target)  # reserve N (atomic); empty and without model.json the store ignores it
-        except FileExistsError:
-            version += 1
-            continue
-        tmp = folder / f".publish-{version}-{uuid.uuid4().hex[:8]}"
-        try:
-            write(tmp, version)
-            fsync_dir(tmp)
-            os.rename(tmp, target)  # replaces the empty reservation in one step
-            fsync_dir(folder)
-            return version
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+    version = 0
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        version = (store_versions(folder) or [0])[-1] + 1
+        for _ in range(1000):
+            target = folder / str(version)
             try:
-                os.rmdir(target)  # only while still the empty reservation
-            except OSError:
-                pass
+                os.mkdir(target)  # reserve N (atomic); empty and without model.json the store ignores it
+            except FileExistsError:
+                version += 1
+                continue
+            tmp = folder / f".publish-{version}-{uuid.uuid4().hex[:8]}"
+            try:
+                write(tmp, version)
+                fsync_dir(tmp)
+                os.rename(tmp, target)  # replaces the empty reservation in one step
+                fsync_dir(folder)
+                return version
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                try:
+                    os.rmdir(target)  # only while still the empty reservation
+                except OSError:
+                    pass
+                raise
+    except OSError as e:
+        if not disk_full(e) or isinstance(e, StoreFull):
             raise
+        raise StoreFull(e.errno, f"no space left in the model store {store} while publishing {name}"
+                        f"{f'@{version}' if version else ''} ({e.strerror}): nothing was published and the "
+                        "versions there are unchanged; free space (or inodes) and publish again") from e
     raise RuntimeError(f"could not find a free version folder in {folder}")

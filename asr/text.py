@@ -9,6 +9,8 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
+from speechadapt.quote import quote
+
 _ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
          "sixteen seventeen eighteen nineteen").split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
@@ -153,7 +155,7 @@ class CharTokenizer:
         """Normalised text -> ids. Characters outside the alphabet raise ValueError."""
         bad = sorted({c for c in text if c not in self._index or c == "<blank>"})
         if bad:
-            raise ValueError(f"characters outside the model's alphabet: {''.join(bad)!r}")
+            raise ValueError(f"characters outside the model's alphabet: {quote(''.join(bad))}")
         return [self._index[c] for c in text]
 
     def decode(self, ids) -> str:

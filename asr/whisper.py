@@ -28,6 +28,7 @@ from speechadapt.asr.decoding import Hypothesis, Word
 from speechadapt.asr.package import WEIGHTS, ModelCard, PackageError
 from speechadapt.asr.store import cache_root
 from speechadapt.asr.text import normalize_text
+from speechadapt.quote import quote
 
 ARCHITECTURE = "whisper"
 TOKENIZER = "tokenizer.json"
@@ -295,7 +296,7 @@ def parse_prompt(contexts) -> Prompt:
         for j, raw in enumerate(phrases):
             text = " ".join(str(raw).split())
             if not normalize_text(text):
-                problems.append(f"speech_contexts[{i}].phrases[{j}] {raw!r} has no words")
+                problems.append(f"speech_contexts[{i}].phrases[{j}] {quote(raw)} has no words")
             else:
                 ranked.append((-boost, i, j, text))
     if problems:

@@ -460,7 +460,7 @@ def serve_config(args: argparse.Namespace):
         upload_quota_bytes=None if args.upload_quota_gb is None else int(args.upload_quota_gb * GIB),
         min_free_disk_bytes=int(args.min_free_disk_gb * GIB),
         metrics_port=args.metrics_port, metrics_host=args.metrics_host, log_format=args.log_format,
-        drain_seconds=args.drain_seconds,
+        drain_seconds=args.drain_seconds, write_timeout_s=args.write_timeout_s,
     )
 
 
@@ -660,6 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="concurrent recognitions (default: 64)")
     p.add_argument("--max-message-mb", type=_positive_int, default=8, metavar="N",
                    help="largest gRPC message in MiB (default: 8)")
+    p.add_argument("--write-timeout-s", type=_positive_float, default=30.0, metavar="S",
+                   help="end a stream whose client takes no response for S seconds (a slow reader), with "
+                        "RESOURCE_EXHAUSTED (default: 30)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--batch-max", type=_positive_int, default=32, metavar="N",
                    help="streams whose chunks share one forward pass (default: 32; 1 = no batching)")

@@ -40,6 +40,7 @@ import json
 import logging
 import re
 import shlex
+import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -49,7 +50,9 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from speechadapt.asr.data_access import access_error, access_problems, real_roots
+from speechadapt.asr.store import disk_full
 from speechadapt.jobspec import DATA_URI, JobSpec, JobSpecError
+from speechadapt.quote import quote
 from speechadapt.server.auth import CALLER, Caller
 from speechadapt.server.datastore import DataStore, UploadError, check_sha
 from speechadapt.server.jobs import (CANCELLED, FAILED, QUEUED, RUNNING, STATES, SUCCEEDED, TERMINAL, JobNotFound,
@@ -568,7 +571,7 @@ class AdaptationService(pb_grpc.AdaptationServicer):
         except JobNotFound:
             job = None
         if job is None or (caller is not None and not caller.sees(job.owner)):
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {job_id!r} on this server (ListJobs shows them)")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {quote(job_id)} on this server (ListJobs shows them)")
         return job
 
     # -- jobs
@@ -591,7 +594,7 @@ class AdaptationService(pb_grpc.AdaptationServicer):
         except ModelNotFound as e:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"base_model: {e.args[0]}")
         except PackageError as e:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"base_model {spec.base_model!r} cannot be used: {e}")
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"base_model {quote(spec.base_model)} cannot be used: {e}")
         except ValueError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"base_model: {e}")
         roots = self.manager.data_roots
@@ -618,7 +621,16 @@ class AdaptationService(pb_grpc.AdaptationServicer):
         reason = RayBackend.unavailable()
         if reason:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, reason)
-        return job_message(self.manager.submit(spec, owner=caller.name if caller is not None else ""))
+        try:
+            job = self.manager.submit(spec, owner=caller.name if caller is not None else "")
+        except (OSError, sqlite3.Error) as e:
+            state = self.store.path.parent
+            if disk_full(e):
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the server's state dir {state} is full "
+                                    f"({e}): the job was not recorded; submit it again when the server has space")
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"the server cannot record the job in its state "
+                                f"dir {state} ({e}); nothing was recorded")
+        return job_message(job)
 
     def _in_client_terms(self, problem: str, spec: JobSpec, resolved: JobSpec) -> str:
         """A problem about server-side files, in the names the client used: data URIs and blob sha256s."""
@@ -645,7 +657,7 @@ class AdaptationService(pb_grpc.AdaptationServicer):
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         before = None
         if request.page_token:
-            if not request.page_token.isdigit():
+            if not (request.page_token.isascii() and request.page_token.isdigit() and len(request.page_token) <= 18):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_token: pass the next_page_token of the "
                                     "previous ListJobs response unchanged")
             before = int(request.page_token)

@@ -113,8 +113,9 @@ class SpeechServer:
             self.jobs = None
             adaptation = AdaptationUnavailable(f"its state dir {state} cannot be used ({e}); "
                                                "restart it with a writable --state-dir")
-        recognizer = RecognizerService(self.registry, self.admission, self.executor, self.batcher, self.metrics)
-        recognizer_pb2_grpc.add_RecognizerServicer_to_server(recognizer, server)
+        recognizer_pb2_grpc.add_RecognizerServicer_to_server(RecognizerService(
+            self.registry, self.admission, self.executor, self.batcher, self.config.write_timeout_s,
+            max_decoded_samples=2 * self.config.max_message_bytes, metrics=self.metrics), server)
         models_pb2_grpc.add_ModelsServicer_to_server(ModelsService(self.registry), server)
         adaptation_pb2_grpc.add_AdaptationServicer_to_server(adaptation, server)
         health_servicer = health.aio.HealthServicer()

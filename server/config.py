@@ -24,6 +24,9 @@ class ServerConfig:
     # Bearer tokens and roles (server/auth.py): one "TOKEN ROLE[,ROLE] [NAME]" per line; None: an open server.
     auth_tokens: Path | None = None
     max_streams: int = 64  # concurrent recognitions; more get RESOURCE_EXHAUSTED
+    # A stream whose client takes no response for this long (a slow reader: its flow-control window is full)
+    # is ended with RESOURCE_EXHAUSTED, freeing its slot.
+    write_timeout_s: float = 30.0
     max_message_bytes: int = 8 * MIB
     device: str = "cpu"
     threads: int = 0  # torch intra-op threads; 0 = one per core
@@ -61,6 +64,8 @@ class ServerConfig:
             raise ValueError("tls_client_ca (client certificates) needs the server's own tls_cert and tls_key")
         if self.max_streams < 1:
             raise ValueError("max_streams must be at least 1")
+        if not 0 < self.write_timeout_s <= 3600:
+            raise ValueError("write_timeout_s must be more than 0 and at most 3600 seconds")
         if self.max_message_bytes < 64 * 1024:
             raise ValueError("max_message_bytes must be at least 64 KiB")
         if self.model_memory_mb < 1:

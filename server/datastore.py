@@ -15,6 +15,8 @@ Limits (RESOURCE_EXHAUSTED, checked before each chunk is written, from the decla
 quota (`--upload-quota-gb`: a blob that would take the owner past it is refused before its first byte) and the
 free-disk floor (`--min-free-disk-gb`: a chunk is refused when the rest of its blob would leave less free space
 on the store's disk; the blob's partial file is removed). `discard_partial` removes what a refused call left.
+A chunk is appended whole or not at all, and every file but a `.part` appears complete in one rename: a full
+disk (RESOURCE_EXHAUSTED) or a crash leaves what was there before, and an upload resumes where it stopped.
 Every failure is an `UploadError` carrying the gRPC status to answer and a message that says what to fix.
 Methods are blocking (file I/O and hashing): call them off the event loop. They are thread-safe.
 """
@@ -33,7 +35,8 @@ from pathlib import Path
 
 import grpc
 
-from speechadapt.asr.store import fsync_dir
+from speechadapt.asr.store import disk_full, fsync_dir
+from speechadapt.quote import quote
 from speechadapt.server.quota import QuotaExceeded, UploadLedger
 
 DATA_URI = "data://"
@@ -49,6 +52,17 @@ class UploadError(Exception):
         super().__init__(message)
         self.code = code
         self.discard = discard
+
+
+def storage_error(e: OSError, where: Path, what: str) -> UploadError:
+    """A file-system failure while storing `what` under `where`: RESOURCE_EXHAUSTED when the disk is full,
+    FAILED_PRECONDITION otherwise (e.g. a read-only state dir)."""
+    if disk_full(e):
+        return UploadError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"the server's data store {where} is full ({e.strerror}): {what} was not stored; "
+                           "retry when the server has space (CheckUpload tells where an upload resumes)")
+    return UploadError(grpc.StatusCode.FAILED_PRECONDITION,
+                       f"the server cannot write its data store {where} ({e.strerror or e}): {what} was not stored")
 
 
 @dataclass(frozen=True)
@@ -69,7 +83,7 @@ def check_sha(sha: str, what: str = "sha256") -> str:
     """A lower-case hex sha256, or UploadError(INVALID_ARGUMENT)."""
     s = (sha or "").strip().lower()
     if not _SHA.match(s):
-        raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, f"{what} {sha!r} is not a sha256: use 64 hex digits")
+        raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, f"{what} {quote(sha)} is not a sha256: use 64 hex digits")
     return s
 
 
@@ -141,55 +155,52 @@ class DataStore:
             raise UploadError(grpc.StatusCode.INVALID_ARGUMENT,
                               f"blob {sha[:12]}: a chunk of {len(data)} bytes at offset {offset} does not fit in total_size {total_size}")
         with self._lock(sha):
-            final = self.blob_path(sha)
-            if final.is_file():
-                if final.stat().st_size != total_size:
-                    raise UploadError(grpc.StatusCode.INVALID_ARGUMENT,
-                                      f"blob {sha[:12]}: the store holds it with {final.stat().st_size} bytes, not total_size {total_size}")
-                return 0, True
-            part = self._part(sha)
-            part.parent.mkdir(parents=True, exist_ok=True)
-            present = part.stat().st_size if part.is_file() else 0
-            if present > total_size:
-                part.unlink()
-                self.ledger.release(sha)
+            try:
+                return self._append(sha, total_size, offset, data, owner)
+            except OSError as e:
+                raise storage_error(e, self.root, f"the chunk at offset {offset} of blob {sha[:12]}") from None
+
+    def _append(self, sha: str, total_size: int, offset: int, data: bytes, owner: str) -> tuple[int, bool]:
+        final = self.blob_path(sha)
+        if final.is_file():
+            if final.stat().st_size != total_size:
                 raise UploadError(grpc.StatusCode.INVALID_ARGUMENT,
-                                  f"blob {sha[:12]}: {present} bytes were uploaded before with a different size; "
-                                  "they were discarded, upload it again from offset 0")
-            if offset > present:
-                raise UploadError(grpc.StatusCode.INVALID_ARGUMENT,
-                                  f"blob {sha[:12]}: chunk at offset {offset}, but the store holds only {present} bytes of it; "
-                                  f"send chunks in order and resume from offset {present} (see CheckUpload)")
-            skip = present - offset
-            written = 0
-            if skip < len(data):
-                self._charge(owner, sha, total_size)
-                self._check_disk(total_size - present, f"the rest of blob {sha[:12]}", sha)
-                try:
-                    with open(part, "ab") as f:
-                        written = f.write(data[skip:])
-                except OSError as e:
-                    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-                        raise
-                    self._remove_partial(sha)  # the disk filled up all the same (other writers)
-                    raise UploadError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                      f"blob {sha[:12]}: the server's disk is full ({e.strerror}); nothing of it was "
-                                      "kept. Try again later or ask the server's admin to free space", discard=True) from None
-                present += written
-            if present < total_size:
-                return written, False
-            digest = _sha256_file(part)
-            if digest != sha:
-                part.unlink()
-                self.ledger.release(sha)
-                raise UploadError(grpc.StatusCode.DATA_LOSS,
-                                  f"blob {sha[:12]}: the {total_size} bytes received hash to sha256 {digest}, not {sha}; "
-                                  "the partial upload was discarded: check the file and upload it again from offset 0")
-            with open(part, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(part, final)
-            fsync_dir(final.parent)
-            return written, True
+                                  f"blob {sha[:12]}: the store holds it with {final.stat().st_size} bytes, not total_size {total_size}")
+            return 0, True
+        part = self._part(sha)
+        part.parent.mkdir(parents=True, exist_ok=True)
+        present = part.stat().st_size if part.is_file() else 0
+        if present > total_size:
+            part.unlink()
+            self.ledger.release(sha)
+            raise UploadError(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"blob {sha[:12]}: {present} bytes were uploaded before with a different size; "
+                              "they were discarded, upload it again from offset 0")
+        if offset > present:
+            raise UploadError(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"blob {sha[:12]}: chunk at offset {offset}, but the store holds only {present} bytes of it; "
+                              f"send chunks in order and resume from offset {present} (see CheckUpload)")
+        skip = present - offset
+        written = 0
+        if skip < len(data):
+            self._charge(owner, sha, total_size)
+            self._check_disk(total_size - present, f"the rest of blob {sha[:12]}", sha)
+            written = _append_whole(part, memoryview(data)[skip:], present)
+            present += written
+        if present < total_size:
+            return written, False
+        digest = _sha256_file(part)
+        if digest != sha:
+            part.unlink()
+            self.ledger.release(sha)
+            raise UploadError(grpc.StatusCode.DATA_LOSS,
+                              f"blob {sha[:12]}: the {total_size} bytes received hash to sha256 {digest}, not {sha}; "
+                              "the partial upload was discarded: check the file and upload it again from offset 0")
+        with open(part, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(part, final)
+        fsync_dir(final.parent)
+        return written, True
 
     def _charge(self, owner: str, sha: str, size: int) -> None:
         try:
@@ -245,10 +256,10 @@ class DataStore:
         try:
             text = content.decode("utf-8")
         except UnicodeDecodeError:
-            raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, f"manifest {name!r} is not UTF-8 text") from None
+            raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, f"manifest {quote(name)} is not UTF-8 text") from None
         lines = text.splitlines()
         if len(lines) > MAX_MANIFEST_LINES:
-            raise UploadError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"manifest {name!r} has more than {MAX_MANIFEST_LINES} lines")
+            raise UploadError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"manifest {quote(name)} has more than {MAX_MANIFEST_LINES} lines")
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -257,22 +268,25 @@ class DataStore:
             except json.JSONDecodeError as e:
                 problems.append(f"line {n}: not valid JSON ({e.msg})")
                 continue
+            except RecursionError:
+                problems.append(f"line {n}: JSON nested too deeply; give one flat object per line")
+                continue
             if not isinstance(d, dict) or not isinstance(d.get("audio"), str) or not isinstance(d.get("text"), str):
                 problems.append(f'line {n}: each line needs string fields "audio" (a blob sha256) and "text"')
                 continue
             if not _SHA.match(d["audio"].strip().lower()):
-                problems.append(f'line {n}: "audio" {d["audio"][:80]!r} must be the sha256 of an uploaded blob (64 hex digits)')
+                problems.append(f'line {n}: "audio" {quote(d["audio"])} must be the sha256 of an uploaded blob (64 hex digits)')
                 continue
             d["audio"] = d["audio"].strip().lower()
             items.append(d)
         if not items and not problems:
             problems.append("the manifest has no utterances: give one JSON object per line")
         if problems:
-            raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, _listing(f"manifest {name!r} has problems", problems))
+            raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, _listing(f"manifest {quote(name)} has problems", problems))
         missing = sorted({d["audio"] for d in items if not self.blob_path(d["audio"]).is_file()})
         if missing:
             raise UploadError(grpc.StatusCode.FAILED_PRECONDITION,
-                              _listing(f"manifest {name!r} names {len(missing)} blob(s) the store does not hold complete; "
+                              _listing(f"manifest {quote(name)} names {len(missing)} blob(s) the store does not hold complete; "
                                        "upload them (before the manifest) and retry", missing))
         durations: dict[str, float] = {}
         for sha in {d["audio"] for d in items}:
@@ -282,15 +296,18 @@ class DataStore:
             except (RuntimeError, sf.LibsndfileError) as e:
                 problems.append(f"blob {sha}: not an audio file soundfile can read ({e})")
         if problems:
-            raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, _listing(f"manifest {name!r} names unreadable audio", sorted(problems)))
+            raise UploadError(grpc.StatusCode.INVALID_ARGUMENT, _listing(f"manifest {quote(name)} names unreadable audio", sorted(problems)))
 
         sha = hashlib.sha256(content).hexdigest()
         folder = self.root / "manifests"
-        self._check_disk(3 * len(content), f"manifest {name!r}")
-        _atomic_write(folder / f"{sha}.jsonl", content)
+        self._check_disk(3 * len(content), f"manifest {quote(name)}")
         info = {"name": name, "utterances": len(items), "audio_seconds": round(sum(durations[d["audio"]] for d in items), 3)}
-        _atomic_write(folder / f"{sha}.json", json.dumps(info).encode())
-        self._write_resolved(sha, items, durations)
+        try:  # the manifest itself last: until it is there, the data URI is unknown (no half-stored manifest)
+            _atomic_write(folder / f"{sha}.json", json.dumps(info).encode())
+            self._write_resolved(sha, items, durations)
+            _atomic_write(folder / f"{sha}.jsonl", content)
+        except OSError as e:
+            raise storage_error(e, self.root, f"manifest {quote(name)}") from None
         return ManifestInfo(DATA_URI + sha, info["utterances"], info["audio_seconds"])
 
     def known(self, uri: str) -> bool:
@@ -319,13 +336,34 @@ class DataStore:
         _atomic_write(self.root / "manifests" / f"{sha}.resolved.jsonl", ("\n".join(out) + "\n").encode())
 
 
+def _append_whole(path: Path, data: memoryview, size: int) -> int:
+    """Append `data` to the file of `size` bytes at `path`, all of it or nothing (a failed write, e.g. a full
+    disk, cuts the file back to `size`). Returns the bytes written."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        rest = data
+        while rest:
+            rest = rest[os.write(fd, rest):]
+    except OSError:
+        os.ftruncate(fd, size)
+        raise
+    finally:
+        os.close(fd)
+    return len(data)
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
+    """`path` holds `data` or what it held before: never a part (a failure, e.g. a full disk, removes the temp)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _listing(head: str, items: list[str], limit: int = 20) -> str:

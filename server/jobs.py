@@ -124,7 +124,8 @@ class JobStore:
                 self._insert_event(job_id, 0, False, {"state": QUEUED, "phase": "queued", "message": "job queued", "time": now})
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite rolled back itself on some errors (e.g. a full disk)
+                    self._db.execute("ROLLBACK")
                 raise
         return self.get(job_id)
 
@@ -195,7 +196,8 @@ class JobStore:
                 self._db.execute("UPDATE jobs SET progress = ? WHERE id = ?", (json.dumps(event), job_id))
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite rolled back itself on some errors (e.g. a full disk)
+                    self._db.execute("ROLLBACK")
                 raise
         return seq
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from speechadapt.asr import EndpointConfig
 from speechadapt.asr.beam import MAX_PHRASES
+from speechadapt.quote import quote
 from speechadapt.v1 import recognizer_pb2 as pb
 
 MIN_RATE, MAX_RATE = 8000, 48000
@@ -97,6 +98,6 @@ def check_language(opts: RecognitionOptions, model_language: str, model_name: st
     tag = opts.language_code.lower()
     if tag and tag.split("-")[0] != model_language.lower().split("-")[0]:
         raise InvalidRequest(
-            f"config.language_code {opts.language_code!r} does not match model {model_name} ({model_language}); "
+            f"config.language_code {quote(opts.language_code)} does not match model {model_name} ({model_language}); "
             "leave it empty or pick a model in that language"
         )

@@ -141,7 +141,7 @@ def make_server(tiny):
 
 
 def free_port() -> int:
-    """A port nothing listens on now (on 127.0.0.1)."""
+    """A loopback port nothing listens on (e.g. a Ray address whose jobs fail at once)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from speechadapt.quote import quote
+
 STRATEGIES = ("auto", "head", "finetune", "adapters")  # auto: chosen by the job (training.adapt.choose_defaults)
 DATA_URI = "data://"
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -192,8 +194,12 @@ class JobSpec:
             "name": msg.name, "base_model": msg.base_model, "train_manifest": msg.train_manifest,
             "dev_manifest": msg.dev_manifest, "source_dev_manifest": msg.source_dev_manifest,
         }
+
+        def strategy(v: int) -> str:  # an unknown enum value (proto3 keeps it) is reported by problems()
+            return pb.Strategy.Name(v).lower() if v in pb.Strategy.values() else str(v)
+
         if msg.strategy != pb.STRATEGY_UNSPECIFIED:
-            data["strategy"] = pb.Strategy.Name(msg.strategy).lower()
+            data["strategy"] = strategy(msg.strategy)
         for key in ("source_replay", "max_epochs", "max_minutes", "learning_rate", "batch_size", "augment",
                     "workers", "gpus_per_worker", "seed", "max_source_regression"):
             if msg.HasField(key):
@@ -203,7 +209,7 @@ class JobSpec:
             s = msg.search
             data["search"] = {
                 "trials": s.trials or SearchSpec.trials, "budget_minutes": round(s.budget_minutes, 7), "concurrent": s.concurrent,
-                "strategies": [pb.Strategy.Name(v).lower() for v in s.strategies],
+                "strategies": [strategy(v) for v in s.strategies],
                 "learning_rates": [round(v, 7) for v in s.learning_rates],
                 "source_replay": [round(v, 7) for v in s.source_replay]}
         return cls.from_dict(data, "spec")
@@ -217,16 +223,16 @@ class JobSpec:
     def problems(self) -> list[str]:
         p: list[str] = []
         if not _NAME.match(self.name or "") or ".." in self.name:
-            p.append(f"name {self.name!r}: use letters, digits, '.', '_' or '-' (at most 64 characters)")
+            p.append(f"name {quote(self.name)}: use letters, digits, '.', '_' or '-' (at most 64 characters)")
         base, _, ver = (self.base_model or "").partition("@")
-        if not _NAME.match(base) or ".." in base or (ver and (not ver.isdigit() or int(ver) < 1)):
-            p.append(f"base_model {self.base_model!r}: use name or name@N (N a positive integer)")
+        if not _NAME.match(base) or ".." in base or (ver and not (ver.isascii() and ver.isdigit() and len(ver) <= 9 and int(ver) > 0)):
+            p.append(f"base_model {quote(self.base_model)}: use name or name@N (N a positive integer)")
         for key in ("train_manifest", "dev_manifest", "source_dev_manifest"):
             v = getattr(self, key)
             if v.startswith(DATA_URI) and not _SHA.match(v[len(DATA_URI):]):
-                p.append(f"{key} {v!r}: a data URI is data://<64 hex digits of sha256> (from UploadData)")
+                p.append(f"{key} {quote(v)}: a data URI is data://<64 hex digits of sha256> (from UploadData)")
         if self.strategy not in STRATEGIES:
-            p.append(f"strategy {self.strategy!r}: use one of {', '.join(STRATEGIES)}")
+            p.append(f"strategy {quote(self.strategy)}: use one of {', '.join(STRATEGIES)}")
         if self.source_replay is not None and not 0.0 <= self.source_replay < 1.0:
             p.append(f"source_replay {self.source_replay}: use a fraction in [0, 1)")
         if self.max_epochs < 1:
@@ -239,8 +245,8 @@ class JobSpec:
             p.append(f"batch_size {self.batch_size}: use 1..1024 utterances")
         if not 1 <= self.workers <= 256:
             p.append(f"workers {self.workers}: use 1..256")
-        if self.gpus_per_worker < 0:
-            p.append(f"gpus_per_worker {self.gpus_per_worker}: must not be negative")
+        if not 0 <= self.gpus_per_worker <= 64:
+            p.append(f"gpus_per_worker {self.gpus_per_worker}: use 0 (CPU) up to 64")
         if not 0 <= self.max_source_regression <= 1:
             p.append(f"max_source_regression {self.max_source_regression}: an absolute WER rise in [0, 1] (0.02 = 2 points)")
         if self.search is not None:
