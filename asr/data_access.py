@@ -17,7 +17,8 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-DATA_URI = "data://"
+from speechadapt.jobspec import DATA_URI
+
 MAX_LISTED = 20  # audio lines listed per manifest; the rest are counted
 UPLOAD_HINT = ("upload local files instead (speechadapt jobs submit --upload, or upload=True in the Python clients), "
                "or start the server with --data-root DIR for the folder that holds them")

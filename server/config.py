@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from speechadapt.asr.data_access import real_roots
+
 MIB = 1024 * 1024
 LOG_FORMATS = ("text", "json")
 GIB = 1024 * MIB
@@ -94,7 +96,7 @@ class ServerConfig:
             raise ValueError("data_roots is a tuple of folders, not one path")
         if any(not str(r).strip() for r in self.data_roots):
             raise ValueError("a data root must name a folder (an empty path was given)")
-        object.__setattr__(self, "data_roots", tuple(dict.fromkeys(Path(os.path.realpath(r)) for r in self.data_roots)))
+        object.__setattr__(self, "data_roots", tuple(Path(r) for r in real_roots(self.data_roots)))
         if self.upload_quota_bytes is not None and self.upload_quota_bytes < 0:
             raise ValueError("upload_quota_bytes must not be negative (None = no quota)")
         if self.min_free_disk_bytes < 0:

@@ -23,7 +23,6 @@ Methods are blocking (file I/O and hashing): call them off the event loop. They 
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -36,10 +35,10 @@ from pathlib import Path
 import grpc
 
 from speechadapt.asr.store import disk_full, fsync_dir
+from speechadapt.jobspec import DATA_URI
 from speechadapt.quote import quote
 from speechadapt.server.quota import QuotaExceeded, UploadLedger
 
-DATA_URI = "data://"
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 MAX_MANIFEST_LINES = 1_000_000
 
