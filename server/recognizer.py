@@ -63,6 +63,10 @@ async def _session(model, opts, executor, context, batcher=None, metrics=None) -
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
 
+class StreamGone(Exception):
+    """A send on a stream failed because its call had already ended (the client went away)."""
+
+
 class ResponsesNotRead(Exception):
     """A stream's client took no response for the write timeout (a slow reader): the stream is ended."""
 
@@ -87,6 +91,9 @@ class RecognizerService(pb_grpc.RecognizerServicer):
             async with self.admission.slot(context):
                 await self._stream(request_iterator, context)
             return
+        except StreamGone as e:
+            log.info("a stream's call ended before its answers were sent (%s): the client went away", e)
+            return
         except ResponsesNotRead as e:
             reason = str(e)  # not the exception: its traceback would keep the session alive
         # after the slot, session and model stream are freed: the status waits behind the unread responses,
@@ -94,9 +101,17 @@ class RecognizerService(pb_grpc.RecognizerServicer):
         log.warning("ended a stream from %s: %s", context.peer(), reason)
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
 
+    async def _send(self, sending) -> None:
+        """Await one send on the call: `StreamGone` when the call already ended (grpc's ExecuteBatchError: the client
+        went away), so it ends quietly instead of logging a traceback, which would keep the session alive."""
+        try:
+            await sending
+        except Exception as e:
+            raise StreamGone(type(e).__name__) from None
+
     async def _write(self, context, msg: pb.StreamingRecognizeResponse) -> None:
         try:
-            await asyncio.wait_for(context.write(msg), self.write_timeout_s)
+            await asyncio.wait_for(self._send(context.write(msg)), self.write_timeout_s)
         except asyncio.TimeoutError:
             raise ResponsesNotRead(
                 f"the client took no response of this stream for {self.write_timeout_s:g} s (the server's "
@@ -119,7 +134,7 @@ class RecognizerService(pb_grpc.RecognizerServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         model = await _model_for(self.registry, opts, context)
         session = await _session(model, opts, self.executor, context, self.batcher, self.metrics)
-        await context.send_initial_metadata((("x-speechadapt-model", model.name),))
+        await self._send(context.send_initial_metadata((("x-speechadapt-model", model.name),)))
         first_response = True
 
         def response(results, event=pb.StreamingRecognizeResponse.SPEECH_EVENT_UNSPECIFIED):
