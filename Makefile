@@ -25,7 +25,7 @@ proto-check: install
 	$(PY) protos/gen.py --check
 
 test: install
-	$(PY) -m pytest -q -ra --durations=25
+	$(PY) -m pytest -q -ra --durations=25 -n 2 --dist loadfile
 
 # The main path end to end (deploy/demo.sh, 8-9 min measured on a busy 2-core machine): server, ~5 min of synthesized en-gb-scotland
 # speech, an adaptation job on the server's local Ray head, held-out utterances streamed to base and adapted

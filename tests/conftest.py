@@ -22,21 +22,37 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+def shared_cache(tmp_path_factory) -> Path:
+    """Where session data is built once for every pytest-xdist worker of this run: SPEECHADAPT_TEST_CACHE when set
+    (kept between runs while developing; CI never sets it), else a folder beside the workers' own temp folders."""
+    cache = os.environ.get("SPEECHADAPT_TEST_CACHE")
+    if cache:
+        return Path(cache)
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared"
+
+
+def built_once(cache: Path, name: str):
+    """A lock held while `name` is built in `cache`: the first worker builds it, the others wait, then reuse it."""
+    from filelock import FileLock
+
+    cache.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(cache / f".{name}.lock"))
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
-    """tiny@1 in a store, with its train and held-out dev manifests (trains once per session, ~2 min).
-
-    Set SPEECHADAPT_TEST_CACHE=DIR to keep it between runs while developing (CI never does).
-    """
+    """tiny@1 in a store, with its train and held-out dev manifests (trains once per run, ~2 min, whatever the
+    number of workers)."""
     if shutil.which("espeak-ng") is None:
         pytest.fail("espeak-ng is required: apt-get install espeak-ng (make test installs it)")
     from speechadapt.training.tiny import TinyAssets, build
 
-    cache = os.environ.get("SPEECHADAPT_TEST_CACHE")
-    if cache and (Path(cache) / "store" / "tiny" / "1" / "model.json").is_file():
-        c = Path(cache)
-        return TinyAssets(c / "store", c / "corpus" / "train" / "manifest.jsonl", c / "corpus" / "dev" / "manifest.jsonl")
-    return build(Path(cache) if cache else tmp_path_factory.mktemp("tiny"))
+    c = shared_cache(tmp_path_factory)
+    with built_once(c, "tiny"):
+        if (c / "store" / "tiny" / "1" / "model.json").is_file():
+            return TinyAssets(c / "store", c / "corpus" / "train" / "manifest.jsonl", c / "corpus" / "dev" / "manifest.jsonl")
+        return build(c)
 
 
 @pytest.fixture(scope="session")
@@ -101,18 +117,19 @@ def scot(tiny, tmp_path_factory):
     from speechadapt.training.synth import SynthConfig, synthesize
     from speechadapt.training.tiny import _sentences
 
-    cache = os.environ.get("SPEECHADAPT_TEST_CACHE")
-    out = Path(cache) / "scot" if cache else tmp_path_factory.mktemp("scot")
+    cache = shared_cache(tmp_path_factory)
+    out = cache / "scot"
     manifests = {}
-    for split, count, seed in (("train", 80, 11), ("dev", 20, 12)):
-        manifest = out / split / "manifest.jsonl"
-        if not manifest.is_file():
-            out.mkdir(parents=True, exist_ok=True)
-            sentences = _sentences(out / f"{split}.txt", count, seed)
-            synthesize(SynthConfig(out_dir=out / split, voices=["en-gb-scotland"],
-                                   variants=["none", "m1", "f2", "m3", "f4"], sentences_file=sentences, count=count,
-                                   seed=seed, quiet=True))
-        manifests[split] = manifest
+    with built_once(cache, "scot"):
+        for split, count, seed in (("train", 80, 11), ("dev", 20, 12)):
+            manifest = out / split / "manifest.jsonl"
+            if not manifest.is_file():
+                out.mkdir(parents=True, exist_ok=True)
+                sentences = _sentences(out / f"{split}.txt", count, seed)
+                synthesize(SynthConfig(out_dir=out / split, voices=["en-gb-scotland"],
+                                       variants=["none", "m1", "f2", "m3", "f4"], sentences_file=sentences,
+                                       count=count, seed=seed, quiet=True))
+            manifests[split] = manifest
     return manifests
 
 

@@ -84,7 +84,7 @@ def test_a_thousand_clients_that_vanish_mid_stream_leave_nothing_behind(make_ser
     killed(srv, audio, 50)
     wait_until(lambda: idle(srv), what="the warm-up streams to be freed")
     assert recognize(srv, samples) == text
-    gc.collect()
+    sessions0 = live_sessions()  # other tests in this worker process may have left some: counted, not ours
     rss0, threads0 = me.memory_info().rss, me.num_threads()
 
     summary = vanish(srv, audio, 900)
@@ -92,7 +92,8 @@ def test_a_thousand_clients_that_vanish_mid_stream_leave_nothing_behind(make_ser
         killed(srv, audio, 50)
     wait_until(lambda: idle(srv), what="every vanished stream to be freed")
     assert summary["outcomes"].get("left", 0) >= 850, summary  # the rest were refused at the stream limit
-    assert live_sessions() == 0
+    # every session is freed once the tasks still finishing a vanished stream's last decode are done
+    wait_until(lambda: live_sessions() <= sessions0, what="every vanished stream's session to be freed")
     wait_until(lambda: me.num_threads() <= threads0 + 4, what=f"threads back near {threads0}")
     growth = (me.memory_info().rss - rss0) / 2**20
     print(f"1,000 vanished streams: {summary['outcomes']} (+100 killed), RSS {growth:+.1f} MiB, threads {threads0} -> "
