@@ -225,12 +225,11 @@ class Festival(Engine):
     """Festival 2.5: kal and ked diphone voices (16 kHz), slt HTS voice (32 kHz)."""
 
     name = "festival"
-    install = "apt-get install festival"
+    install = f"apt-get install festival {' '.join(p for _, p, _, _ in _FESTIVAL.values())}"
 
     def check(self) -> None:
         if shutil.which("festival") is None:
-            raise EngineMissing(f"festival not found: install it with `{self.install}` "
-                                f"(voices: {', '.join(p for _, p, _, _ in _FESTIVAL.values())})")
+            raise EngineMissing(f"festival not found: install it with `{self.install}`")
 
     def installed(self, voice: str) -> bool:
         return any((_FESTIVAL_VOICES / lang / _FESTIVAL[voice][0]).is_dir() for lang in ("english", "us"))
