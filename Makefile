@@ -7,8 +7,10 @@ DEMO_DIR ?= .cache/demo
 
 .PHONY: install system-deps test demo proto proto-check bench bench-transfer clean base-en
 
+# espeak-ng, flite and festival (+ its kal, ked and slt voices) make synthetic speech (`data synth --engines`).
+FESTVOX := /usr/share/festival/voices
 system-deps:
-	@{ command -v espeak-ng && test -f /usr/share/dict/words; } >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng wamerican; }
+	@{ command -v espeak-ng && test -f /usr/share/dict/words && command -v flite && command -v festival && test -d $(FESTVOX)/english/kal_diphone && test -d $(FESTVOX)/english/ked_diphone && test -d $(FESTVOX)/us/cmu_us_slt_arctic_hts; } >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng wamerican flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts; }
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)

@@ -22,7 +22,7 @@ from speechadapt.training.text import generate_sentence, load_vocabulary, normal
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (apt-get install espeak-ng)")
 
 TRANSCRIPT = re.compile(r"^[a-z']+( [a-z']+)*$")
-FIELDS = {"audio", "text", "speaker", "duration", "voice", "accent"}
+FIELDS = {"audio", "text", "speaker", "duration", "voice", "accent", "engine"}
 
 
 def manifest(out: Path) -> list[dict]:

@@ -1,10 +1,13 @@
-"""`speechadapt data synth`: synthetic English speech corpora with espeak-ng.
+"""`speechadapt data synth`: synthetic English speech corpora with espeak-ng, flite, festival and Piper.
 
     speechadapt data synth --out DIR --voices en-us,en-gb --variants 4 --count 1000 --seed 0
+    speechadapt data synth --out DIR --engines espeak,flite,festival,piper --voices en-us,flite:slt,piper:joe
     python -m speechadapt.training.synth --out DIR --sentences lines.txt --noise-snr 10:30 --reverb 0.3
 
 Writes DIR/audio/NNN/NNNNNN.wav (16 kHz mono int16), DIR/manifest.jsonl
-({"audio", "text", "speaker", "duration", "voice", "accent"} per line) and DIR/summary.json.
+({"audio", "text", "speaker", "duration", "voice", "accent", "engine"} per line) and DIR/summary.json.
+Engines and their voices: training/voices.py. Speakers are espeak-ng voice+variant pairs (`en-us+f3`) and
+the other engines' voices (`flite-slt`); utterances are balanced over all speakers.
 Text comes from a sentences file (normalised: numbers spelled out, lowercase, a-z ' only) or from a
 generator (common English words plus templated sentences with names, numbers, dates and times).
 Utterance i depends only on (seed, i): same config and seed -> byte-identical manifest and audio,
@@ -18,14 +21,10 @@ about 57 utterances/s clean (~170x real time) and 46/s with --noise-snr 10:30 --
 from __future__ import annotations
 
 import argparse
-import functools
-import io
 import itertools
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
 import time
 from collections import Counter, deque
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from speechadapt.training import text as textgen
+from speechadapt.training import voices as V
 
 RATE = 16000
 AUDIO_DIR = "audio"
@@ -49,10 +49,12 @@ class SynthConfig:
     """What to synthesise. Ranges are inclusive (lo, hi); augmentation is off by default."""
 
     out_dir: str | Path
-    voices: list[str] = field(default_factory=lambda: ["en-us", "en-gb"])
-    variants: list[str] | int = 4  # names ("none" = plain voice) or N per voice: the plain voice + N-1 variants
-    speed: tuple[int, int] = (140, 190)  # words per minute
-    pitch: tuple[int, int] = (30, 70)  # espeak-ng 0..99
+    engines: list[str] = field(default_factory=lambda: ["espeak"])  # espeak, flite, festival, piper
+    # espeak-ng names (en-us) and engine:voice (flite:slt); None, or no voice of an engine: that engine's defaults
+    voices: list[str] | None = None
+    variants: list[str] | int = 4  # espeak-ng: names ("none" = plain voice) or N per voice: plain + N-1 variants
+    speed: tuple[int, int] = (140, 190)  # words per minute (other engines: rate relative to 175 wpm)
+    pitch: tuple[int, int] = (30, 70)  # espeak-ng 0..99 (other engines: 50 = the voice's pitch, 10 = a semitone)
     sentences_file: str | Path | None = None  # one sentence per line, used in order (cycled); else generated
     vocab_size: int | None = None  # generator: closed vocabulary of the N most common words (no templates)
     template_ratio: float = 0.3  # generator: share of templated sentences (names, numbers, dates)
@@ -91,6 +93,7 @@ class _Job:
 
     index: int
     text: str
+    engine: str
     voice: str
     variant: str
     speed: int
@@ -106,42 +109,31 @@ class _Job:
 
     @property
     def speaker(self) -> str:
+        if self.engine != "espeak":
+            return f"{self.engine}-{self.voice}"
         return self.voice if self.variant == "none" else f"{self.voice}+{self.variant}"
+
+    @property
+    def voice_id(self) -> str:
+        """The voice as --voices names it."""
+        return self.voice if self.engine == "espeak" else f"{self.engine}:{self.voice}"
 
     @property
     def path(self) -> str:
         return f"{AUDIO_DIR}/{self.index // 1000:03d}/{self.index:06d}.wav"
 
 
-# -- espeak-ng
-
-
-@functools.lru_cache(maxsize=8)
-def _espeak_lines(espeak: str, what: str) -> tuple[str, ...]:
-    out = subprocess.run([espeak, f"--voices={what}"], capture_output=True, text=True, check=True).stdout
-    return tuple(out.splitlines()[1:])
+# -- espeak-ng (the engines live in voices.py)
 
 
 def list_voices(espeak: str = "espeak-ng") -> list[str]:
     """English espeak-ng voices (languages en-*), MBROLA ones excluded (they need extra packages)."""
-    voices = set()
-    for line in _espeak_lines(espeak, "en"):
-        parts = line.split()
-        if len(parts) >= 5 and parts[1].startswith("en") and not parts[4].startswith("mb/"):
-            voices.add(parts[1])
-    return sorted(voices)
+    return V.engine("espeak", espeak).voices()
 
 
 def list_variants(espeak: str = "espeak-ng") -> list[str]:
     """espeak-ng voice variants (the `+name` in `-v en-us+f3`)."""
-    found = (re.search(r"!v/(.*?)\s*(\(|$)", line) for line in _espeak_lines(espeak, "variant"))
-    return sorted({m.group(1) for m in found if m and " " not in m.group(1)}, key=str.lower)
-
-
-def _espeak_version(espeak: str) -> str:
-    out = subprocess.run([espeak, "--version"], capture_output=True, text=True).stdout
-    m = re.search(r"text-to-speech:\s*(\S+)", out)
-    return m.group(1) if m else "unknown"
+    return V.engine("espeak", espeak).variants()
 
 
 # -- validation and planning
@@ -195,7 +187,7 @@ def resolve_variants(spec: list[str] | int, available: list[str]) -> list[str]:
 @dataclass
 class _Plan:
     cfg: SynthConfig
-    speakers: list[tuple[str, str]]
+    speakers: list[tuple[str, str, str]]  # (engine, voice, variant)
     sentences: list[str] | None
     vocab: tuple[str, ...]
     word_source: str
@@ -208,7 +200,7 @@ class _Plan:
             ratio = 0.0 if c.vocab_size else c.template_ratio
             sentence = textgen.generate_sentence(np.random.default_rng([c.seed, i, 0]), self.vocab, c.words, ratio)
         n = len(self.speakers)  # balanced: each block of n utterances has every speaker once, shuffled
-        voice, variant = self.speakers[int(np.random.default_rng([c.seed, i // n, 4]).permutation(n)[i % n])]
+        engine, voice, variant = self.speakers[int(np.random.default_rng([c.seed, i // n, 4]).permutation(n)[i % n])]
         r = np.random.default_rng([c.seed, i, 1])
         speed, pitch = int(r.integers(c.speed[0], c.speed[1] + 1)), int(r.integers(c.pitch[0], c.pitch[1] + 1))
         lead, tail = (round(float(v), 3) for v in r.uniform(0.1, 0.2, size=2))
@@ -219,7 +211,7 @@ class _Plan:
         use_tel = bool(a.random() < c.telephone)
         use_noise, snr = a.random() < c.noise_prob, float(a.uniform(*(c.noise_snr or (0.0, 0.0))))
         color = "pink" if a.random() < 0.5 else "white"
-        return _Job(i, sentence, voice, variant, speed, pitch, lead, tail, factor, rt60 if use_reverb else None,
+        return _Job(i, sentence, engine, voice, variant, speed, pitch, lead, tail, factor, rt60 if use_reverb else None,
                     use_tel, snr if c.noise_snr and use_noise else None, color, c.seed)
 
 
@@ -227,17 +219,9 @@ def _validate(cfg: SynthConfig) -> _Plan:
     """Every check that can fail, before any file is written."""
     import importlib.util
 
-    if shutil.which(cfg.espeak) is None:
-        raise ValueError(f"{cfg.espeak} not found: install it with `apt-get install espeak-ng`")
     if importlib.util.find_spec("soundfile") is None:
         raise ValueError("data synth needs soundfile: pip install soundfile")
-    valid = list_voices(cfg.espeak)
-    if not cfg.voices:
-        raise ValueError(f"no voices given; English voices: {', '.join(valid)}")
-    for v in cfg.voices:
-        if v not in valid:
-            raise ValueError(f"unknown English voice {v!r}; valid: {', '.join(valid)}")
-    variants = resolve_variants(cfg.variants, list_variants(cfg.espeak))
+    speakers = _speakers(cfg)
     _check_range("speed", cfg.speed, 80, 450, int)
     _check_range("pitch", cfg.pitch, 0, 99, int)
     _check_range("words", cfg.words, 1, 100, int)
@@ -276,7 +260,46 @@ def _validate(cfg: SynthConfig) -> _Plan:
         if cfg.vocab_size and len(vocab) < cfg.vocab_size:
             raise ValueError(f"vocab_size {cfg.vocab_size} exceeds the {len(vocab)} words of {source}")
     _writable(Path(cfg.out_dir))
-    return _Plan(cfg, [(v, w) for v in cfg.voices for w in variants], sentences, vocab, source)
+    return _Plan(cfg, speakers, sentences, vocab, source)
+
+
+def _engines(cfg: SynthConfig) -> dict[str, V.Engine]:
+    """The engines asked for, checked to be installed (EngineMissing names the package)."""
+    if not cfg.engines:
+        raise ValueError(f"no engines given; valid: {', '.join(V.ENGINES)}")
+    engines = {}
+    for name in dict.fromkeys(cfg.engines):
+        eng = V.engine(name, cfg.espeak)
+        eng.check()
+        engines[name] = eng
+    return engines
+
+
+def _speakers(cfg: SynthConfig) -> list[tuple[str, str, str]]:
+    """(engine, voice, variant) for every speaker; voices named `engine:voice`, plain names are espeak-ng's."""
+    engines = _engines(cfg)
+    if cfg.voices is not None and not cfg.voices:
+        raise ValueError("no voices given; see --list-voices")
+    chosen: dict[str, list[str]] = {name: [] for name in engines}
+    for v in cfg.voices or []:
+        name, voice = v.split(":", 1) if ":" in v else ("espeak", v)
+        if name not in V.ENGINES:
+            raise ValueError(f"voice {v!r} names unknown engine {name!r}; valid: {', '.join(V.ENGINES)}")
+        if name not in engines:
+            raise ValueError(f"voice {v!r} is a {name} voice but {name} is not among the engines "
+                             f"({', '.join(engines)}): add it to --engines")
+        chosen[name].append(engines[name].resolve(voice))
+    speakers = []
+    for name, eng in engines.items():
+        voices = list(dict.fromkeys(chosen[name])) or eng.default_voices()
+        if not voices:
+            raise V.EngineMissing(f"no {name} voice is installed: `{eng.install}`")
+        if name == "espeak":
+            variants = resolve_variants(cfg.variants, eng.variants())
+            speakers += [(name, v, w) for v in voices for w in variants]
+        else:
+            speakers += [(name, v, "none") for v in voices]
+    return speakers
 
 
 # -- rendering (runs in worker processes)
@@ -288,13 +311,15 @@ def _render(job: _Job, out_dir: str, espeak: str) -> int:
 
     from speechadapt.training import augment as aug
 
-    voice = job.speaker  # espeak-ng's -v syntax: voice[+variant]
-    proc = subprocess.run([espeak, "-v", voice, "-s", str(job.speed), "-p", str(job.pitch), "--stdout"],
-                          input=job.text.encode(), capture_output=True)
-    if proc.returncode != 0 or len(proc.stdout) <= 44:
-        raise RuntimeError(f"espeak-ng failed on utterance {job.index} ({voice}): {proc.stderr.decode().strip()}")
-    x, rate = sf.read(io.BytesIO(proc.stdout), dtype="float32")
-    x = aug.trim_silence(aug.resample(x, rate, RATE), RATE, job.lead_s, job.tail_s)
+    eng = V.engine(job.engine, espeak)
+    voice = job.speaker if job.engine == "espeak" else job.voice  # espeak-ng's -v syntax: voice[+variant]
+    prosody = V.Prosody.from_espeak(job.speed, job.pitch)
+    seed = int(np.random.default_rng([job.seed, job.index, 5]).integers(1 << 31))  # engines that sample (piper)
+    try:
+        x = V.render(eng, job.text, voice, prosody, seed)
+    except RuntimeError as e:
+        raise RuntimeError(f"utterance {job.index} ({job.speaker}): {e}") from None
+    x = aug.trim_silence(x, RATE, job.lead_s, job.tail_s)
     rng = np.random.default_rng([job.seed, job.index, 3])
     x = aug.speed_perturb(x, RATE, job.factor)
     if job.rt60 is not None:
@@ -360,9 +385,11 @@ def synthesize(cfg: SynthConfig) -> SynthSummary:
     with bar:
         for job, n in _rendered(jobs, workers, str(out), cfg.espeak):
             lines.append(json.dumps({"audio": job.path, "text": job.text, "speaker": job.speaker,
-                                     "duration": n / RATE, "voice": job.voice, "accent": job.voice}))
+                                     "duration": n / RATE, "voice": job.voice_id,
+                                     "accent": V.engine(job.engine, cfg.espeak).accent(job.voice),
+                                     "engine": job.engine}))
             seconds += n / RATE
-            per_voice[job.voice] += 1
+            per_voice[job.voice_id] += 1
             per_speaker[job.speaker] += 1
             bar.update(1 if count else min(n / RATE, target_s - bar.n))
             if target_s is not None and seconds >= target_s:
@@ -374,11 +401,13 @@ def synthesize(cfg: SynthConfig) -> SynthSummary:
                            dict(sorted(per_voice.items())), dict(sorted(per_speaker.items())), cfg.seed,
                            plan.word_source, time.monotonic() - start)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    engines = {name: V.engine(name, cfg.espeak).version() for name in dict.fromkeys(cfg.engines)}
+    versions = {"espeak_ng": engines["espeak"]} if "espeak" in engines else {}
     _write_atomic(out / "summary.json", json.dumps({
         "utterances": summary.utterances, "hours": summary.hours, "seconds": seconds,
         "speakers": summary.speakers, "voices": summary.voices, "per_voice": summary.per_voice,
         "per_speaker": summary.per_speaker, "seed": cfg.seed, "word_source": plan.word_source,
-        "espeak_ng": _espeak_version(cfg.espeak), "config": config}, indent=2) + "\n")
+        **versions, "engines": engines, "config": config}, indent=2) + "\n")
     return summary
 
 
@@ -434,8 +463,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Fill the `data synth` (sub)parser."""
     d = SynthConfig(out_dir="")
     p.add_argument("--out", metavar="DIR", help="output folder (manifest.jsonl, summary.json, audio/)")
-    p.add_argument("--voices", default=",".join(d.voices),
-                   help=f"English voices, comma-separated (default: {','.join(d.voices)}; see --list-voices)")
+    p.add_argument("--engines", default=",".join(d.engines),
+                   help=f"speech engines, comma-separated: {','.join(V.ENGINES)} (default: {','.join(d.engines)})")
+    p.add_argument("--voices", help="voices, comma-separated: espeak-ng names (en-us) and engine:voice (flite:slt); "
+                                    "an engine with none listed gets its defaults (espeak: en-us,en-gb; see --list-voices)")
     p.add_argument("--variants", type=_variants, default=d.variants, metavar="N|V,V,...",
                    help=f"N per voice (plain + N-1 variants) or names like none,f3,m1 (default: {d.variants})")
     p.add_argument("--speed", type=_pair(int), default=d.speed, metavar="LO:HI",
@@ -468,7 +499,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> SynthConfig:
     if not args.out:
         raise ValueError("--out DIR is required")
-    return SynthConfig(out_dir=Path(args.out), voices=[v.strip() for v in args.voices.split(",") if v.strip()],
+    voices = None if args.voices is None else [v.strip() for v in args.voices.split(",") if v.strip()]
+    return SynthConfig(out_dir=Path(args.out), engines=[e.strip() for e in args.engines.split(",") if e.strip()],
+                       voices=voices,
                        variants=args.variants, speed=args.speed, pitch=args.pitch, sentences_file=args.sentences,
                        vocab_size=args.vocab_size, template_ratio=args.template_ratio, count=args.count,
                        hours=args.hours, words=args.words, seed=args.seed, jobs=args.jobs, noise_snr=args.noise_snr,
@@ -480,10 +513,7 @@ def run(args: argparse.Namespace) -> int:
     """Run `data synth`; 0 ok, 1 synthesis failed, 2 bad input."""
     try:
         if args.list_voices:
-            if shutil.which("espeak-ng") is None:
-                raise ValueError("espeak-ng not found: install it with `apt-get install espeak-ng`")
-            print("voices:  ", " ".join(list_voices()))
-            print("variants:", "none", " ".join(list_variants()))
+            _print_voices()
             return 0
         summary = synthesize(config_from_args(args))
     except ValueError as e:
@@ -495,6 +525,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {summary.utterances} utterances ({summary.hours * 60:.1f} min, {len(summary.speakers)} speakers) "
           f"to {summary.manifest} in {summary.elapsed_s:.1f} s")
     return 0
+
+
+def _print_voices() -> None:
+    for name in V.ENGINES:
+        eng = V.engine(name)
+        try:
+            eng.check()
+        except V.EngineMissing as e:
+            print(f"{name}: not installed ({e})")
+            continue
+        default = eng.default_voices()
+        print(f"{name} {eng.version()}: " + " ".join(
+            (v if name == "espeak" else f"{name}:{v}") + ("*" if v in default else "") for v in eng.voices()))
+        if name == "espeak":
+            print("espeak variants:", "none", " ".join(eng.variants()))
+    print("(* = used when --voices names none of that engine's voices)")
 
 
 def main(argv: list[str] | None = None) -> int:
