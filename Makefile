@@ -5,10 +5,14 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR ?= .cache/demo
 
-.PHONY: install system-deps test demo proto proto-check bench bench-transfer clean base-en
+.PHONY: install system-deps text-deps test demo proto proto-check bench bench-transfer clean base-en
 
 system-deps:
 	@{ command -v espeak-ng && test -f /usr/share/dict/words; } >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng wamerican; }
+
+# Natural English training text (`speechadapt data text`): fortune cookie files (BSD) and WordNet's usage examples.
+text-deps:
+	@{ test -f /usr/share/games/fortunes/wisdom && test -f /usr/share/wordnet/data.noun; } || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fortunes wordnet-base; }
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -16,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
-install: system-deps $(VENV)/.installed
+install: system-deps text-deps $(VENV)/.installed
 
 proto: install
 	$(PY) protos/gen.py
@@ -37,10 +41,15 @@ demo: install
 # model card; then copies the package into asr/models/base-en (package data).
 BASE_DIR ?= .cache/base-en
 base-en: install
+	$(PY) -m speechadapt.training.corpus_text --out $(BASE_DIR)/text/train.txt --split train --sentences 40000 \
+	    --seed 1 --exclude bench/data/ordinary_sentences.txt
+	$(PY) -m speechadapt.training.corpus_text --out $(BASE_DIR)/text/dev.txt --split dev --sentences 300 --seed 2 \
+	    --exclude bench/data/ordinary_sentences.txt
 	$(PY) -m speechadapt.training.synth --out $(BASE_DIR)/corpus/train --voices en-us,en-gb --variants 10 \
-	    --vocab-size 1000 --hours 3.5 --seed 1 --noise-snr 15:35 --noise-prob 0.3 --speed-perturb 0.9,1.0,1.1
+	    --sentences $(BASE_DIR)/text/train.txt --hours 3.5 --seed 1 --noise-snr 15:35 --noise-prob 0.3 \
+	    --speed-perturb 0.9,1.0,1.1
 	$(PY) -m speechadapt.training.synth --out $(BASE_DIR)/corpus/dev --voices en-us,en-gb --variants 10 \
-	    --vocab-size 1000 --count 300 --seed 2
+	    --sentences $(BASE_DIR)/text/dev.txt --seed 2
 	$(PY) -m speechadapt.training.pretrain --config training/configs/base-en.yaml
 	$(PY) bench/base_model.py --model models/base-en/1 --train-summary $(BASE_DIR)/corpus/train/summary.json \
 	    --out bench/results/base_model.json
