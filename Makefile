@@ -37,13 +37,16 @@ test: install
 demo: install
 	DEMO_DIR=$(DEMO_DIR) PY=$(PY) bash deploy/demo.sh
 
-# Rebuild the shipped base model from nothing (~90 min on 2 cores): corpus, Ray Train pretraining, benchmark,
+# Rebuild the shipped base model from nothing (~90 min on 2 cores): natural training text (`data text`: train, dev
+# and held-out test splits), corpus, Ray Train pretraining, benchmark on the test split,
 # model card; then copies the package into asr/models/base-en (package data).
 BASE_DIR ?= .cache/base-en
 base-en: install
 	$(PY) -m speechadapt.training.corpus_text --out $(BASE_DIR)/text/train.txt --split train --sentences 40000 \
 	    --seed 1 --exclude bench/data/ordinary_sentences.txt
 	$(PY) -m speechadapt.training.corpus_text --out $(BASE_DIR)/text/dev.txt --split dev --sentences 300 --seed 2 \
+	    --exclude bench/data/ordinary_sentences.txt
+	$(PY) -m speechadapt.training.corpus_text --out $(BASE_DIR)/text/test.txt --split test --sentences 1000 --seed 3 \
 	    --exclude bench/data/ordinary_sentences.txt
 	$(PY) -m speechadapt.training.synth --out $(BASE_DIR)/corpus/train --voices en-us,en-gb --variants 10 \
 	    --sentences $(BASE_DIR)/text/train.txt --hours 3.5 --seed 1 --noise-snr 15:35 --noise-prob 0.3 \
@@ -52,7 +55,7 @@ base-en: install
 	    --sentences $(BASE_DIR)/text/dev.txt --seed 2
 	$(PY) -m speechadapt.training.pretrain --config training/configs/base-en.yaml
 	$(PY) bench/base_model.py --model models/base-en/1 --train-summary $(BASE_DIR)/corpus/train/summary.json \
-	    --out bench/results/base_model.json
+	    --test-text $(BASE_DIR)/text/test.txt --out bench/results/base_model.json
 	$(PY) -m speechadapt.training.model_card models/base-en/1 --corpus $(BASE_DIR)/corpus/train \
 	    --dev-corpus $(BASE_DIR)/corpus/dev --bench bench/results/base_model.json --reproduce "make base-en"
 	rm -rf asr/models/base-en && mkdir -p asr/models/base-en && cp models/base-en/1/* asr/models/base-en/

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,4 +147,23 @@ def test_model_card_lists_text_sources_and_licences(tmp_path):
     assert [r["source"] for r in card["lineage"]["text_sources"]["sources"]] == ["fortunes", "wordnet", "templates"]
     md = (package / "MODEL_CARD.md").read_text()
     assert "fortunes: " in md and "BSD-3-Clause" in md and "WordNet 3.0 licence" in md
-    assert "100 sentences of 3-20 words" in md
+    assert f"{text}, 100 sentences of 3-20 words" in md
+    assert f"the {summary['utterances']} utterances speak" in md
+
+
+def test_base_model_bench_reads_held_out_test_text(tmp_path):
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_base_model", ROOT / "bench" / "base_model.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclasses look their module up
+    spec.loader.exec_module(bench)
+    test = build(TextConfig(out=tmp_path / "test.txt", split="test", sentences=40, seed=3)).sentences
+    info = bench.TrainingInfo(seed=1, texts={test[0]})  # a training transcript is never a test sentence
+    args = argparse.Namespace(seed=123, words=None, test_text=str(tmp_path / "test.txt"), sentence_words=None,
+                              vocab_size=None)
+    text = bench.make_text(args, info, 30)
+    assert text.sentences == test[1:31] and text.skipped_training == 1 and not text.notes
+    with pytest.raises(ValueError, match="fewer than the 40 asked for"):
+        bench.make_text(args, info, 40)

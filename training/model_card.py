@@ -54,9 +54,13 @@ def _text_lines(lin: dict, corpus: dict, cfg: dict) -> list[str]:
             return [f"- Text: the sentences of {cfg['sentences_file']} (no sources.json beside it)."]
         return [f"- Text: {cfg.get('words')} words per sentence from the {cfg.get('vocab_size')} most common "
                 f"English words ({corpus.get('word_source', '')})."]
-    lines = [f"- Text: {ts.get('sentences')} sentences of {ts.get('words', ['?', '?'])[0]}-"
-             f"{ts.get('words', ['?', '?'])[-1]} words (`speechadapt data text`, {ts.get('split')} split, seed "
-             f"{ts.get('seed')}; test sentences are never trained on: {ts.get('split_rule')}); sources:"]
+    n, utts = ts.get("sentences") or 0, corpus.get("utterances") or 0
+    spoken = (f"the {utts} utterances speak the first {utts} of its {n} sentences" if utts < n else
+              f"the {utts} utterances speak its {n} sentences" + (" (cycled)" if utts > n else ""))
+    lines = [f"- Text: {cfg.get('sentences_file')}, {n} sentences of {ts.get('words', ['?', '?'])[0]}-"
+             f"{ts.get('words', ['?', '?'])[-1]} words from `speechadapt data text` ({ts.get('split')} split, seed "
+             f"{ts.get('seed')}; test sentences are never trained on: {ts.get('split_rule')}); {spoken}. "
+             "The file's sources:"]
     for r in ts.get("sources", []):
         version = f" {r['version']}" if r.get("version") else ""
         lines.append(f"  - {r['source']}: {r.get('sentences_used')} sentences, {r.get('description', '')}; "
