@@ -101,6 +101,9 @@ def test_cleaning_spells_out_and_rejects_what_espeak_would_not_say_as_written():
         ['He said "I\'ll be back."', "Then he left.", "St. Louis is far.", "Mr. Brown came."]
     assert clean("Mr. Brown came home at last.", (3, 20)) == "mister brown came home at last"
     assert clean("St. Louis is far away.", (3, 20)) is None  # St. is saint or street
+    assert sentences_of("No. Nobody is as tired as I. Then we left.") == \
+        ["No.", "Nobody is as tired as I.", "Then we left."]
+    assert clean("Nobody is as tired as I.", (3, 20)) == "nobody is as tired as i"
 
 
 def test_bad_input_and_a_missing_source_package_give_clear_errors(tmp_path):

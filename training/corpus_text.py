@@ -46,7 +46,7 @@ _SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(]*[A-Z0
 _ABBREV = {"mr.": "mister", "mrs.": "missus", "dr.": "doctor", "vs.": "versus", "etc.": "et cetera",
            "e.g.": "for example", "i.e.": "that is", "jr.": "junior", "sr.": "senior", "prof.": "professor"}
 _ABBREV_RE = re.compile(r"(?i)(?<![A-Za-z])(" + "|".join(re.escape(a) for a in _ABBREV) + r")(?=\s|$)")
-_UNSAFE = r"(?<![A-Za-z])(?:St|Ave|Co|Inc|Ltd|No|Vol|Gen|Col|Capt|Sgt|Rev|Ph\.D|U\.S|[A-Z])\."
+_UNSAFE = r"(?<![A-Za-z])(?:St|Ave|Co|Inc|Ltd|Vol|Gen|Col|Capt|Sgt|Rev|Ph\.D|U\.S|[A-HJ-Z])\."
 _UNSAFE_ABBREV = re.compile(_UNSAFE)  # abbreviations read more than one way: sentences with them are left out
 _NOT_END = re.compile(r"(?:" + _UNSAFE + r"|(?i:(?<![a-z])(?:" + "|".join(re.escape(a) for a in _ABBREV) + r")))$")
 
