@@ -5,12 +5,16 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR ?= .cache/demo
 
-.PHONY: install system-deps test demo proto proto-check bench bench-transfer clean base-en
+.PHONY: install system-deps text-deps test demo proto proto-check bench bench-transfer clean base-en
 
 # espeak-ng, flite and festival (+ its kal, ked and slt voices) make synthetic speech (`data synth --engines`).
 FESTVOX := /usr/share/festival/voices
 system-deps:
 	@{ command -v espeak-ng && test -f /usr/share/dict/words && command -v flite && command -v festival && test -d $(FESTVOX)/english/kal_diphone && test -d $(FESTVOX)/english/ked_diphone && test -d $(FESTVOX)/us/cmu_us_slt_arctic_hts; } >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng wamerican flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts; }
+
+# Natural English training text (`speechadapt data text`): fortune cookie files (BSD) and WordNet's usage examples.
+text-deps:
+	@{ test -f /usr/share/games/fortunes/wisdom && test -f /usr/share/wordnet/data.noun; } || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fortunes wordnet-base; }
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -18,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
-install: system-deps $(VENV)/.installed
+install: system-deps text-deps $(VENV)/.installed
 
 proto: install
 	$(PY) protos/gen.py
@@ -35,17 +39,25 @@ test: install
 demo: install
 	DEMO_DIR=$(DEMO_DIR) PY=$(PY) bash deploy/demo.sh
 
-# Rebuild the shipped base model from nothing (~90 min on 2 cores): corpus, Ray Train pretraining, benchmark,
+# Rebuild the shipped base model from nothing (~90 min on 2 cores): natural training text (`data text`: train, dev
+# and held-out test splits), corpus, Ray Train pretraining, benchmark on the test split,
 # model card; then copies the package into asr/models/base-en (package data).
 BASE_DIR ?= .cache/base-en
 base-en: install
+	$(PY) -m speechadapt.training.corpus_text --out $(BASE_DIR)/text/train.txt --split train --sentences 40000 \
+	    --seed 1 --exclude bench/data/ordinary_sentences.txt
+	$(PY) -m speechadapt.training.corpus_text --out $(BASE_DIR)/text/dev.txt --split dev --sentences 300 --seed 2 \
+	    --exclude bench/data/ordinary_sentences.txt
+	$(PY) -m speechadapt.training.corpus_text --out $(BASE_DIR)/text/test.txt --split test --sentences 1000 --seed 3 \
+	    --exclude bench/data/ordinary_sentences.txt
 	$(PY) -m speechadapt.training.synth --out $(BASE_DIR)/corpus/train --voices en-us,en-gb --variants 10 \
-	    --vocab-size 1000 --hours 3.5 --seed 1 --noise-snr 15:35 --noise-prob 0.3 --speed-perturb 0.9,1.0,1.1
+	    --sentences $(BASE_DIR)/text/train.txt --hours 3.5 --seed 1 --noise-snr 15:35 --noise-prob 0.3 \
+	    --speed-perturb 0.9,1.0,1.1
 	$(PY) -m speechadapt.training.synth --out $(BASE_DIR)/corpus/dev --voices en-us,en-gb --variants 10 \
-	    --vocab-size 1000 --count 300 --seed 2
+	    --sentences $(BASE_DIR)/text/dev.txt --seed 2
 	$(PY) -m speechadapt.training.pretrain --config training/configs/base-en.yaml
 	$(PY) bench/base_model.py --model models/base-en/1 --train-summary $(BASE_DIR)/corpus/train/summary.json \
-	    --out bench/results/base_model.json
+	    --test-text $(BASE_DIR)/text/test.txt --out bench/results/base_model.json
 	$(PY) -m speechadapt.training.model_card models/base-en/1 --corpus $(BASE_DIR)/corpus/train \
 	    --dev-corpus $(BASE_DIR)/corpus/dev --bench bench/results/base_model.json --reproduce "make base-en"
 	rm -rf asr/models/base-en && mkdir -p asr/models/base-en && cp models/base-en/1/* asr/models/base-en/

@@ -10,7 +10,9 @@ Synthetic rows: for every English espeak-ng voice (`speechadapt.training.synth.l
 What the model saw comes from its training corpus: `--train-summary` (a corpus `summary.json`, or a
 `manifest.jsonl` whose speakers are `voice+variant`), else the model card's lineage (`config.train_manifest`
 or `training_data` -> the corpus folder's `summary.json`). A voice in the training corpus is a `seen accent`,
-any other an `unseen accent (zero-shot)`. Test text is generated with a seed different from the corpus's,
+any other an `unseen accent (zero-shot)`. Test text comes from --test-text FILE (for a model trained on
+`speechadapt data text` sentences: that command's `--split test`, which no train file can hold), else it is
+generated with a seed different from the corpus's,
 with the corpus's closed vocabulary size when it had one (`vocab_size`), and any sentence that is also a
 training transcript is skipped. Speed and pitch ranges follow the training corpus; no augmentation.
 Synthesised sets are cached in --workdir under a hash of their config: a rerun only decodes.
@@ -291,6 +293,28 @@ class TestText:
                 "notes": self.notes}
 
 
+def _file_text(path: Path, info: TrainingInfo, count: int, seed: int, words, notes: list[str]) -> TestText:
+    """The first `count` distinct lines of a text file that are not training transcripts."""
+    from speechadapt.training import text as textgen
+    from speechadapt.training.corpus_text import read_sources
+
+    if not path.is_file():
+        raise ValueError(f"--test-text {path}: file not found (make one with `speechadapt data text --split test`)")
+    meta = read_sources(path)
+    if meta is not None and meta.get("split") != "test":
+        notes.append(f"{path} is the {meta.get('split')!r} split of `data text`, not 'test'")
+    sentences, skipped = [], 0
+    for s in dict.fromkeys(textgen.read_sentences(path)):
+        if s in info.texts:
+            skipped += 1
+        elif len(sentences) < count:
+            sentences.append(s)
+    if len(sentences) < count:
+        raise ValueError(f"--test-text {path} has {len(sentences)} sentences that are not training transcripts, "
+                         f"fewer than the {count} asked for")
+    return TestText(sentences, seed, str(path), None, words, skipped, notes)
+
+
 def make_text(args, info: TrainingInfo, count: int) -> TestText:
     from speechadapt.training import text as textgen
 
@@ -302,6 +326,8 @@ def make_text(args, info: TrainingInfo, count: int) -> TestText:
         notes.append(f"--seed {args.seed} is the training corpus's seed: used {seed}")
     words = tuple(args.words) if args.words else (info.words or (3, 10))
     vocab_size = None
+    if getattr(args, "test_text", None):
+        return _file_text(Path(args.test_text), info, count, seed, words, notes)
     if args.sentence_words:
         vocab, source = _word_list(args.sentence_words)
         vocab_size = len(vocab)
@@ -535,6 +561,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     text = p.add_mutually_exclusive_group()
     text.add_argument("--vocab-size", type=int, metavar="N",
                       help="closed test vocabulary: the N most common words (default: the training corpus's)")
+    text.add_argument("--test-text", metavar="FILE",
+                      help="test sentences from a text file, in order (e.g. `speechadapt data text --split test`: "
+                           "the held-out split of a natural-text corpus); training transcripts are skipped")
     text.add_argument("--sentence-words", metavar="FILE|W,W,...",
                       help="draw test sentences uniformly from these words (a word list, a text file, or a "
                            "manifest.jsonl's transcripts), e.g. for a command-vocabulary model")

@@ -1,4 +1,4 @@
-"""The `speechadapt` command line: transcribe, models, jobs, eval, serve, data synth, pretrain.
+"""The `speechadapt` command line: transcribe, models, jobs, eval, serve, data synth, data text, pretrain.
 
 Client subcommands need only the light install. `eval`, `serve` and
 `data synth` import their (torch) modules inside the handler, so `--help` and
@@ -697,7 +697,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(_handler=_serve, _check=functools.partial(_check_serve, parser=p))
 
     data = sub.add_parser("data", help="prepare training and evaluation data")
-    _add_synth(data.add_subparsers(dest="data_command", metavar="COMMAND", required=True))
+    data_sub = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
+    _add_synth(data_sub)
+    _add_delegated(data_sub, "text", "speechadapt.training.corpus_text",
+                   "write natural English training text (fortunes, WordNet examples, templates)", "data text")
     _add_delegated(sub, "pretrain", "speechadapt.training.pretrain",
                    "pretrain a model as a Ray Train job (--config FILE)", "pretrain")
     return parser

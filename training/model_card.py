@@ -5,8 +5,9 @@ write a short MODEL_CARD.md beside it.
         --dev-corpus .cache/base-en/corpus/dev --bench bench/results/base_model.json --reproduce "make base-en"
 
 model.json gains lineage.corpus (the corpus summary.json: voices, speakers, hours, synthesis config),
-lineage.vocab_size/voices/speakers, lineage.command (how to reproduce it) and metrics.per_accent (the
-benchmark's rows). Only the card changes: the weights and their sha256 stay as they are, and the card is
+lineage.vocab_size/voices/speakers, lineage.text_sources (the sources, licences and counts of a `data text` file
+the corpus was synthesised from: its sources.json, found beside the corpus's sentences file or given with
+--text-sources), lineage.command (how to reproduce it) and metrics.per_accent (the benchmark's rows). Only the card changes: the weights and their sha256 stay as they are, and the card is
 replaced atomically.
 """
 
@@ -27,6 +28,44 @@ def _summary(folder: Path) -> dict:
     s = json.loads(path.read_text())
     s.pop("per_speaker", None)
     return s
+
+
+def text_sources(summary: dict, explicit: Path | None) -> dict | None:
+    """The sources.json of the text the corpus was synthesised from: `explicit`, else the one beside the
+    corpus's sentences file (`data text` writes train.txt and train.sources.json); None for generated text."""
+    from speechadapt.training.corpus_text import sources_json_for
+
+    if explicit is not None:
+        if not explicit.is_file():
+            raise SystemExit(f"error: {explicit} not found: --text-sources names the sources.json that "
+                             "`speechadapt data text` wrote beside its text file")
+        return json.loads(explicit.read_text())
+    sentences = summary.get("config", {}).get("sentences_file")
+    if not sentences:
+        return None
+    path = sources_json_for(sentences)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _text_lines(lin: dict, corpus: dict, cfg: dict) -> list[str]:
+    ts = lin.get("text_sources")
+    if not ts:
+        if cfg.get("sentences_file"):
+            return [f"- Text: the sentences of {cfg['sentences_file']} (no sources.json beside it)."]
+        return [f"- Text: {cfg.get('words')} words per sentence from the {cfg.get('vocab_size')} most common "
+                f"English words ({corpus.get('word_source', '')})."]
+    n, utts = ts.get("sentences") or 0, corpus.get("utterances") or 0
+    spoken = (f"the {utts} utterances speak the first {utts} of its {n} sentences" if utts < n else
+              f"the {utts} utterances speak its {n} sentences" + (" (cycled)" if utts > n else ""))
+    lines = [f"- Text: {cfg.get('sentences_file')}, {n} sentences of {ts.get('words', ['?', '?'])[0]}-"
+             f"{ts.get('words', ['?', '?'])[-1]} words from `speechadapt data text` ({ts.get('split')} split, seed "
+             f"{ts.get('seed')}; test sentences are never trained on: {ts.get('split_rule')}); {spoken}. "
+             "The file's sources:"]
+    for r in ts.get("sources", []):
+        version = f" {r['version']}" if r.get("version") else ""
+        lines.append(f"  - {r['source']}: {r.get('sentences_used')} sentences, {r.get('description', '')}; "
+                     f"package {r.get('package')}{version}; licence: {r.get('licence')}")
+    return lines
 
 
 def _pct(v) -> str:
@@ -57,8 +96,8 @@ def markdown(card: dict) -> str:
         f"- Training: {corpus.get('utterances')} utterances, {corpus.get('hours', 0):.2f} h, voices "
         f"{', '.join(corpus.get('voices', []))}, {len(corpus.get('speakers', []))} speakers: "
         f"{', '.join(corpus.get('speakers', []))}.",
-        f"- Text: {cfg.get('words')} words per sentence from the {cfg.get('vocab_size')} most common English words "
-        f"({corpus.get('word_source', '')}); speed {cfg.get('speed')} wpm, pitch {cfg.get('pitch')}; noise at "
+        *_text_lines(lin, corpus, cfg),
+        f"- Speech: speed {cfg.get('speed')} wpm, pitch {cfg.get('pitch')}; noise at "
         f"{cfg.get('noise_snr')} dB SNR on {cfg.get('noise_prob')} of utterances; speed perturbation "
         f"{cfg.get('speed_perturb')}; espeak-ng {corpus.get('espeak_ng', '')}.",
         f"- Dev (model selection): {lin.get('dev_data', '')}.",
@@ -111,15 +150,21 @@ def ensure_lexicon(package: Path, corpus: Path, card: dict) -> None:
     card["files"][LEXICON] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
-def finish(package: Path, corpus: Path, dev_corpus: Path | None, bench: Path | None, reproduce: str) -> dict:
+def finish(package: Path, corpus: Path, dev_corpus: Path | None, bench: Path | None, reproduce: str,
+           sources: Path | None = None) -> dict:
     card = json.loads((package / CARD).read_text())
     ensure_lexicon(package, corpus, card)
     summary = _summary(corpus)
+    texts = text_sources(summary, sources)
     lin = card.setdefault("lineage", {})
     lin["corpus"] = summary
     lin["vocab_size"] = summary.get("config", {}).get("vocab_size")
     lin["voices"] = summary.get("voices")
     lin["speakers"] = summary.get("speakers")
+    if texts is not None:
+        lin["text_sources"] = texts
+    else:
+        lin.pop("text_sources", None)
     if dev_corpus is not None:
         lin["dev_corpus"] = _summary(dev_corpus)
     lin["command"] = reproduce
@@ -144,8 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dev-corpus", type=Path, help="dev corpus folder (with summary.json)")
     p.add_argument("--bench", type=Path, help="bench/base_model.py JSON results")
     p.add_argument("--reproduce", default="make base-en", help="the command that rebuilds this model")
+    p.add_argument("--text-sources", type=Path, metavar="JSON",
+                   help="sources.json of the training text (default: the one beside the corpus's sentences file)")
     a = p.parse_args(argv)
-    finish(a.package, a.corpus, a.dev_corpus, a.bench, a.reproduce)
+    finish(a.package, a.corpus, a.dev_corpus, a.bench, a.reproduce, a.text_sources)
     print(f"updated {a.package / CARD} and wrote {a.package / 'MODEL_CARD.md'}")
     return 0
 

@@ -74,6 +74,11 @@ NAMES = ("james mary john patricia robert jennifer michael linda david elizabeth
 MONTHS = "january february march april may june july august september october november december".split()
 WEEKDAYS = "monday tuesday wednesday thursday friday saturday sunday".split()
 STREETS = "main oak park maple pine cedar elm lake hill church market second third".split()
+ROAD_KINDS = "street road avenue lane drive way court place".split()
+ROOMS = ("kitchen", "bedroom", "living room", "bathroom", "office", "hallway", "garage", "basement")
+DEVICES = ("lights", "heating", "fan", "radio", "television", "music", "alarm", "oven", "air conditioning")
+CITIES = ("london", "paris", "boston", "chicago", "denver", "dublin", "glasgow", "seattle", "toronto", "sydney",
+          "madrid", "berlin", "atlanta", "houston", "portland", "edinburgh")
 TEMPLATES = (
     "please call {name} at {phone}",
     "the meeting is on {date}",
@@ -95,6 +100,45 @@ TEMPLATES = (
     "the flight was delayed by {small} hours",
     "remind me on {date} at {time}",
     "the room is on the {ordinal} floor",
+)
+# More templates for natural-text corpora (training/corpus_text.py); kept apart from TEMPLATES so that
+# generate_sentence, and the corpora built with it, stay as they were.
+MORE_TEMPLATES = (
+    "turn on the {device} in the {room}",
+    "turn off the {device} in the {room}",
+    "switch the {device} off at {time}",
+    "set an alarm for {time} on {weekday}",
+    "wake me up at {time} tomorrow",
+    "what is the weather in {city} on {weekday}",
+    "book a table for {small} at {time}",
+    "how far is it to {city}",
+    "play the next song",
+    "pause the music and call {name}",
+    "text {name} that i will be {small} minutes late",
+    "the parcel goes to {number} {street} {road}",
+    "my address is {number} {street} {road} {city}",
+    "her new address is flat {small} {number} {street} {road}",
+    "the invoice came to {money}",
+    "i paid {money} for two tickets to {city}",
+    "the rent goes up to {money} in {month}",
+    "prices rose by {percent} percent in {year}",
+    "the bus leaves at {time} from stop {small}",
+    "we landed in {city} at {time}",
+    "the report is due on {date}",
+    "the shop closes at {time} on {weekday}s",
+    "he was born in {year}",
+    "the company was founded in {year}",
+    "the match starts at {time} on {date}",
+    "i owe {name} {money}",
+    "the account number is {code}",
+    "the total comes to {money} with tax",
+    "there were {number} people at the concert",
+    "the bridge is {number} metres long",
+    "dial {phone} for help",
+    "the appointment is on {weekday} the {ordinal} at {time}",
+    "move the meeting to {date} at {time}",
+    "we drove {number} miles to {city}",
+    "the book costs {money} and the pen {money}",
 )
 
 
@@ -119,8 +163,18 @@ def _fill(template: str, rng: np.random.Generator) -> str:
         "percent": lambda: number_to_words(int(rng.integers(1, 21)) * 5),
         "ordinal": lambda: ordinal_to_words(int(rng.integers(1, 40))),
         "street": lambda: pick(STREETS),
+        "road": lambda: pick(ROAD_KINDS),
+        "room": lambda: pick(ROOMS),
+        "device": lambda: pick(DEVICES),
+        "city": lambda: pick(CITIES),
+        "month": lambda: pick(MONTHS),
     }
     return re.sub(r"\{(\w+)\}", lambda m: slots[m.group(1)](), template)
+
+
+def fill_template(template: str, rng: np.random.Generator) -> str:
+    """A template from TEMPLATES or MORE_TEMPLATES with its {slots} filled and the result normalised."""
+    return normalize_text(_fill(template, rng))
 
 
 def generate_sentence(rng: np.random.Generator, vocab: tuple[str, ...], words: tuple[int, int],
