@@ -5,16 +5,13 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR ?= .cache/demo
 
-.PHONY: install system-deps text-deps test demo proto proto-check bench bench-transfer clean base-en
+.PHONY: install system-deps test demo proto proto-check bench bench-transfer clean base-en
 
-# espeak-ng, flite and festival (+ its kal, ked and slt voices) make synthetic speech (`data synth --engines`).
+# espeak-ng, flite and festival (+ its kal, ked and slt voices) make synthetic speech (`data synth --engines`);
+# fortunes (BSD) and wordnet-base (WordNet 3.0 licence) give natural English training text (`data text`).
 FESTVOX := /usr/share/festival/voices
 system-deps:
-	@{ command -v espeak-ng && test -f /usr/share/dict/words && command -v flite && command -v festival && test -d $(FESTVOX)/english/kal_diphone && test -d $(FESTVOX)/english/ked_diphone && test -d $(FESTVOX)/us/cmu_us_slt_arctic_hts; } >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng wamerican flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts; }
-
-# Natural English training text (`speechadapt data text`): fortune cookie files (BSD) and WordNet's usage examples.
-text-deps:
-	@{ test -f /usr/share/games/fortunes/wisdom && test -f /usr/share/wordnet/data.noun; } || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fortunes wordnet-base; }
+	@{ command -v espeak-ng && test -f /usr/share/dict/words && command -v flite && command -v festival && test -d $(FESTVOX)/english/kal_diphone && test -d $(FESTVOX)/english/ked_diphone && test -d $(FESTVOX)/us/cmu_us_slt_arctic_hts && test -f /usr/share/games/fortunes/wisdom && test -f /usr/share/wordnet/data.noun; } >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng wamerican flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts fortunes wordnet-base; }
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -22,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
-install: system-deps text-deps $(VENV)/.installed
+install: system-deps $(VENV)/.installed
 
 proto: install
 	$(PY) protos/gen.py
