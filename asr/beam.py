@@ -256,7 +256,7 @@ class BeamDecoder:
                 lm_weight=1.0, sil_score=cfg.sil_score, log_add=False, criterion_type=CriterionType.CTC,
             )
         if self.lm is not None:
-            from flashlight.lib.text.decoder import KenLM
+            from flashlight.lib.text.decoder.kenlm import KenLM
 
             kenlm = KenLM(str(self.lm.arpa), word_dict)  # phrase words beyond the lexicon: a new word order
             lm = _boosted_kenlm(kenlm, cfg.lm_weight, seqs) if phrases else kenlm
@@ -268,9 +268,8 @@ class BeamDecoder:
     def _lm_decoder(self, phrases: tuple[Phrase, ...]):
         """A lexicon decoder with the LM whose lexicon trie (84k words take seconds to insert and smear) is built
         once and shared by every phrase set whose words the lexicon has."""
-        from flashlight.lib.text.decoder import (
-            CriterionType, KenLM, LexiconDecoder, LexiconDecoderOptions, SmearingMode, Trie,
-        )
+        from flashlight.lib.text.decoder import CriterionType, LexiconDecoder, LexiconDecoderOptions, SmearingMode, Trie
+        from flashlight.lib.text.decoder.kenlm import KenLM
         from flashlight.lib.text.dictionary import Dictionary, create_word_dict
         from torchaudio.models.decoder import CTCDecoder
 
