@@ -289,11 +289,12 @@ def test_lm_decoding_opens_the_vocabulary_of_base_en(tmp_path):
         five = np.concatenate([audio[0], np.zeros(8000, np.float32), audio[1], audio[2]])[:80000]
         lg = model.logits(five)
         cost = {}
-        for name, dec in (("lexicon", model.beam), ("lm", domain)):
+        phrases = model.parse_phrases([(["smooth planks", "dark blue"], 10.0)])
+        for name, dec, ph in (("lexicon", model.beam, ()), ("LM", domain, ()), ("LM + 2 phrases", domain, phrases)):
             runs = []
             for _ in range(5):
                 t = time.perf_counter()
-                dec.decode(lg, model.frame_seconds)
+                dec.decode(lg, model.frame_seconds, phrases=ph)
                 runs.append(time.perf_counter() - t)
             cost[name] = 1000 * min(runs)
     finally:
@@ -301,6 +302,28 @@ def test_lm_decoding_opens_the_vocabulary_of_base_en(tmp_path):
     print(f"\nbase-en on 20 espeak-ng Harvard sentences: WER 1,000-word lexicon {base_wer:.1%}, "
           f"LM from other text {general_wer:.1%}, LM with the sentences in its text {domain_wer:.1%}; "
           f"words outside the old lexicon recognised: {len(new_words)} ({' '.join(new_words[:12])}); "
-          f"ms per final on {len(five) / 16000:.1f} s: lexicon {cost['lexicon']:.1f}, LM {cost['lm']:.1f}")
+          f"ms per final on {len(five) / 16000:.1f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in cost.items()))
     assert len(new_words) >= 3, new_words
     assert general_wer <= base_wer and domain_wer <= base_wer
+
+    # the same LM attached to a package in a store: the server's finals (streamed) decode with it
+    from conftest import ServerThread
+    from speechadapt.client import SpeechClient
+    from speechadapt.lm import attach
+
+    pkg = tmp_path / "store" / "base-en-lm" / "1"
+    shutil.copytree(BUILTIN_DIR / "base-en", pkg)
+    attach(pkg, tmp_path / "domain")
+    t = time.perf_counter()
+    load_model(pkg)
+    print(f"loading base-en with the LM ({len(domain.lexicon)} words): {time.perf_counter() - t:.1f} s")
+    server = ServerThread(model_store=tmp_path / "store")
+    try:
+        with SpeechClient(server.address) as client:
+            served = []
+            for r in rows[:4]:
+                results = client.recognize(tmp_path / "speech" / r["audio"], model="base-en-lm@1")
+                served.append(" ".join(x.alternatives[0].transcript for x in results if x.alternatives).strip())
+    finally:
+        server.stop()
+    assert served == hyps[:4]

@@ -751,6 +751,7 @@ def publish_candidate(store: Path, name: str, candidate_dir: Path, **updates) ->
     def write(tmp: Path, version: int) -> None:
         tmp.mkdir(parents=True)
         for f in card.files:
+            (tmp / f).parent.mkdir(exist_ok=True)  # an attached LM lives in lm/
             shutil.copyfile(candidate_dir / f, tmp / f)
         fields_ = {k: v for k, v in asdict(card).items() if k not in ("files", "created")}
         fields_.update(updates, name=name, version=version)
