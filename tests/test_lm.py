@@ -139,6 +139,27 @@ def test_lm_build_cli_end_to_end_without_torch(tmp_path):
     assert arpa.logprob("open", ["window", "was"]) > arpa.logprob("kitchen", ["window", "was"])
 
 
+def test_min_count_maps_rare_words_to_unk_and_attach_flag(tmp_path, base_copy, capsys):
+    from speechadapt.asr.package import read_card
+    from speechadapt.client.cli import main
+    from speechadapt.lm import read_lm
+
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat\nthe cat ran\nthe zebra sat\n")
+    vocab = tmp_path / "v.txt"
+    vocab.write_text("aardvark\n")
+    pkg = tmp_path / "pkg"
+    shutil.copytree(base_copy, pkg)
+    args = ["lm", "build", "--text", str(text), "--out", str(tmp_path / "lm"), "--min-count", "2",
+            "--broad-words", "none", "--vocab-words", str(vocab), "--attach", str(pkg)]
+    assert main(args) == 0 and "attached to" in capsys.readouterr().out
+    lm = read_lm(tmp_path / "lm")
+    assert set(lm.words) == {"the", "cat", "sat", "aardvark"} and lm.info["text_words"] == 3
+    arpa = read_arpa(tmp_path / "lm" / "lm.arpa")
+    assert (UNK, "sat") in arpa.grams[1]  # "the zebra sat": zebra was seen once
+    assert "lm/lm.arpa" in read_card(pkg).files
+
+
 def test_lm_build_cli_refuses_bad_input(tmp_path, capsys):
     from speechadapt.client.cli import main
 
