@@ -90,8 +90,9 @@ class AsrModel:
         return Stream(self, input_rate, endpoint)
 
     def memory_bytes(self) -> int:
-        """Memory the model holds: its parameters and buffers."""
-        return sum(t.numel() * t.element_size() for t in list(self.net.parameters()) + list(self.net.buffers()))
+        """Memory the model holds: its parameters and buffers, and its word LM's search (an estimate)."""
+        tensors = sum(t.numel() * t.element_size() for t in list(self.net.parameters()) + list(self.net.buffers()))
+        return tensors + self.beam.memory_bytes()
 
     def transcribe_file(self, path: str | Path) -> Hypothesis:
         return self.transcribe(load_audio(path, self.sample_rate))

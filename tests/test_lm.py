@@ -222,6 +222,29 @@ def test_attached_lm_loads_and_a_tampered_one_is_refused(tmp_path, base_copy):
         load_package(pkg)
 
 
+def test_adaptation_candidate_inherits_the_base_lm_and_publishes_it(tmp_path, base_copy):
+    """An adaptation job's candidate gets its base's LM (training.adapt.carry_lm, run after the candidate is
+    exported), so it is evaluated and published with it; a base without an LM passes nothing."""
+    pytest.importorskip("ray")
+    from speechadapt.asr import load_model
+    from speechadapt.training.adapt import carry_lm, publish_candidate
+
+    base = tmp_path / "base"
+    shutil.copytree(base_copy, base)
+    candidate = tmp_path / "candidate"
+    shutil.copytree(base_copy, candidate)
+    assert not carry_lm(base, candidate) and not (candidate / "lm").exists()
+    from speechadapt.lm import attach
+
+    attach(base, _build(tmp_path, ["the window is open"], broad=None))
+    assert carry_lm(base, candidate)
+    version = publish_candidate(tmp_path / "store", "adapted", candidate, description="test")
+    model = load_model(f"adapted@{version}", store=tmp_path / "store")
+    assert model.lm is not None and "window" in model.lm.words
+    plain = load_model(base_copy)
+    assert model.memory_bytes() > plain.memory_bytes()  # the LM search is counted in the memory budget
+
+
 def test_attach_refuses_a_broken_lm_folder(tmp_path, base_copy):
     from speechadapt.lm import LmError, attach
 
