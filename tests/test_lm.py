@@ -282,6 +282,27 @@ def test_phrase_boosting_works_on_top_of_an_lm(tmp_path):
     assert dec.decode(lg.log(), 0.04)[0].text == "a cat sat"
 
 
+def test_unk_score_lets_out_spellings_on_the_lexicon_trie(tmp_path):
+    """unk_score -inf (default): only lexicon words; finite: a word whose spelling is a trie path (a prefix of a
+    lexicon word) comes out as its letters."""
+    torch = pytest.importorskip("torch")
+    from speechadapt.asr.beam import BeamConfig, BeamDecoder
+    from speechadapt.asr.text import CharTokenizer
+    from speechadapt.lm import read_lm
+
+    tok = CharTokenizer()
+    lg = torch.full((18, len(tok)), 1e-6)
+    for t, ch in enumerate("a cot sat"):
+        lg[2 * t, tok.tokens.index(ch)] = 0.9
+        lg[2 * t, 0] = 0.1
+        lg[2 * t + 1, 0] = 0.9
+    lm = read_lm(_build(tmp_path, ["a cat sat", "a cots sat"], broad=None))
+    closed = BeamDecoder(tok, None, BeamConfig(), lm=lm).decode(lg.log(), 0.04)[0]
+    assert "cot" not in closed.text.split()
+    hyp = BeamDecoder(tok, None, BeamConfig(unk_score=-5.0), lm=lm).decode(lg.log(), 0.04)[0]
+    assert hyp.text == "a cot sat" and [w.word for w in hyp.words] == ["a", "cot", "sat"]
+
+
 def test_lm_decoding_opens_the_vocabulary_of_base_en(tmp_path):
     """20 Harvard sentences spoken by espeak-ng (en-us m3/f2) decoded by base-en: its 1,000-word lexicon, an LM
     from other text (20 everyday sentences; open vocabulary from the broad word list), and an LM whose text
