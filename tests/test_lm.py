@@ -202,9 +202,11 @@ def test_attached_lm_loads_and_a_tampered_one_is_refused(tmp_path, base_copy):
     from speechadapt.client.cli import main
 
     pkg = tmp_path / "pkg"
-    shutil.copytree(base_copy, pkg)
     lm = _build(tmp_path, ["the window is open", "open the window"], broad=None)
-    assert main(["lm", "attach", "--model", str(pkg), "--lm", str(lm)]) == 0
+    assert main(["lm", "attach", "--model", str(base_copy), "--lm", str(lm), "--out", str(pkg)]) == 0
+    assert not (base_copy / "lm").exists() and "lm/lm.arpa" not in read_card(base_copy).files  # --out: a copy
+    assert main(["lm", "attach", "--model", str(base_copy), "--lm", str(lm), "--out", str(pkg)]) == 2  # exists
+    assert main(["lm", "attach", "--model", str(pkg), "--lm", str(lm)]) == 0  # again, in place: replaced
     card = read_card(pkg)
     assert {"lm/lm.arpa", "lm/lexicon.txt", "lm/lm.json"} <= set(card.files)
     model = load_model(pkg)

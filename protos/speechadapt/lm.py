@@ -281,6 +281,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("attach", help="put a built LM into a model package (lm/ files, listed in model.json)")
     p.add_argument("--model", required=True, metavar="DIR", help="model package folder")
     p.add_argument("--lm", required=True, metavar="DIR", help="LM folder from `speechadapt lm build`")
+    p.add_argument("--out", default=None, metavar="NEW_DIR",
+                   help="attach to a copy of the package written here (e.g. STORE/NAME/1; must not exist) and leave "
+                        "--model as it is")
     p.set_defaults(_handler=_run_attach)
 
 
@@ -310,10 +313,19 @@ def _run_build(args: argparse.Namespace) -> int:
 def _run_attach(args: argparse.Namespace) -> int:
     import sys
 
+    target = args.model
     try:
-        attach(args.model, args.lm)
+        if args.out:
+            if Path(args.out).exists():
+                raise LmError(f"--out {args.out} already exists; name a new folder")
+            read_lm(args.lm)
+            shutil.copytree(args.model, args.out)
+            target = args.out
+        attach(target, args.lm)
     except (LmError, OSError) as e:
+        if args.out and target == args.out:
+            shutil.rmtree(args.out, ignore_errors=True)
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"attached {args.lm} to {args.model} ({PACKAGE_DIR}/{ARPA}, {PACKAGE_DIR}/{LEXICON}, {PACKAGE_DIR}/{INFO})")
+    print(f"attached {args.lm} to {target} ({PACKAGE_DIR}/{ARPA}, {PACKAGE_DIR}/{LEXICON}, {PACKAGE_DIR}/{INFO})")
     return 0
