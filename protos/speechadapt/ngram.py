@@ -150,15 +150,18 @@ def estimate(sentences: Iterable[Sequence[str]], order: int, vocabulary: Iterabl
     # per-context statistics at each order: sum of counts and gamma
     totals: list[dict[Gram, float]] = []
     gammas: list[dict[Gram, float]] = []
+    continuations: list[dict[Gram, int]] = []  # how many words follow each context (before pruning)
     for n in range(order):
-        tot, mass = defaultdict(float), defaultdict(float)
+        tot, mass, conts = defaultdict(float), defaultdict(float), defaultdict(int)
         for gram, c in adjusted[n].items():
             if gram == (BOS,):
                 continue
             tot[gram[:-1]] += c
             mass[gram[:-1]] += discount(n, c)
+            conts[gram[:-1]] += 1
         totals.append(tot)
         gammas.append({h: mass[h] / t for h, t in tot.items()})
+        continuations.append(conts)
 
     vocab = {g[0] for g in adjusted[0]} | set(vocabulary) | {UNK, EOS}
     vocab.discard(BOS)
@@ -184,7 +187,6 @@ def estimate(sentences: Iterable[Sequence[str]], order: int, vocabulary: Iterabl
         for g in kept[n]:
             forced.add(g[:-1])
             forced.add(g[1:])
-    pruned_any = any(len(kept[n]) < len(probs[n]) for n in range(order))
 
     grams: list[dict[Gram, tuple[float, float | None]]] = [dict() for _ in range(order)]
     listed = [defaultdict(list) for _ in range(order)]  # context -> kept continuations, for renormalising
@@ -199,23 +201,24 @@ def estimate(sentences: Iterable[Sequence[str]], order: int, vocabulary: Iterabl
                 lp = math.log10(probs[n][g])
             bo = None
             if n + 1 < order:
-                bo = _backoff(g, n + 1, listed, probs, gammas, pruned_any)
+                bo = _backoff(g, n + 1, listed, probs, gammas, continuations)
             grams[n][g] = (lp, bo)
     return NgramModel(order, tuple(grams), tuple(ds), tuple(fallback))
 
 
-def _backoff(h: Gram, n: int, listed, probs, gammas, pruned_any: bool) -> float:
-    """log10 backoff weight of the (n - 1)-gram h: the mass its order-n continuations leave to order n - 1."""
+def _backoff(h: Gram, n: int, listed, probs, gammas, continuations) -> float:
+    """log10 backoff weight of the (n - 1)-gram h: the mass its order-n continuations leave to order n - 1.
+    gamma(h) where none was pruned; else renormalised: (1 - sum of kept p(w | h)) / (1 - sum of their p(w | h'))."""
     if h not in gammas[n]:
         return 0.0
-    if not pruned_any:
+    conts = listed[n].get(h, [])
+    if len(conts) == continuations[n][h]:
         g = gammas[n][h]
         return math.log10(g) if g > 0 else NO_PROB
-    conts = listed[n].get(h, [])
     num = 1.0 - sum(probs[n][g] for g in conts)
     den = 1.0 - sum(probs[n - 1][g[1:]] for g in conts)
     if num <= 0 or den <= 0:
-        return 0.0 if den <= 0 else NO_PROB
+        return NO_PROB if num <= 0 < den else 0.0
     return math.log10(num / den)
 
 
