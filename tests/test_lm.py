@@ -382,8 +382,18 @@ def test_lm_decoding_opens_the_vocabulary_of_base_en(tmp_path):
     shutil.copytree(BUILTIN_DIR / "base-en", pkg)
     attach(pkg, tmp_path / "domain")
     t = time.perf_counter()
-    load_model(pkg)
+    with_lm = load_model(pkg)
     print(f"loading base-en with the LM ({len(domain.lexicon)} words): {time.perf_counter() - t:.1f} s")
+    # in-process stream: interim results stay greedy, the final is the LM decode
+    from speechadapt.asr.decoding import greedy_decode
+    from speechadapt.asr.streaming import EndpointConfig
+
+    stream = with_lm.new_stream(16000, EndpointConfig(enabled=False))
+    stream.accept_waveform(audio[0])
+    stream.input_finished()
+    stream.decode()
+    assert stream.result().text == greedy_decode(logits[0], model.tokenizer, model.frame_seconds).text != hyps[0]
+    assert stream.final_result()[0].text == hyps[0]
     server = ServerThread(model_store=tmp_path / "store")
     try:
         with SpeechClient(server.address) as client:
