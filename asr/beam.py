@@ -8,6 +8,15 @@ Phrase boosting (Google's `speech_contexts`) is a word-level language model over
 each word that extends a phrase earns `boost` (natural-log units), a partial phrase that is
 abandoned gives its bonus back, and phrase words missing from the lexicon are added for that
 request. Without phrases the decoder has no language model and costs nothing extra.
+
+With a word language model (a package's `lm/`, built by `speechadapt lm build`) the search runs over the
+LM's broad lexicon (the text's words plus tens of thousands of dictionary words) with KenLM scoring every word
+(`lm_weight`, and `lm_word_score` per word). Unknown words: `unk_score` stays -inf by default, so every
+hypothesis is a sequence of lexicon words. Flashlight's only way out of the lexicon is an `<unk>` whose spelling
+must still be a path of the lexicon's trie (a prefix of some word), so a finite `unk_score` buys truncated words,
+not new ones; the broad lexicon is the open vocabulary instead (a word in no list is still forced to its nearest
+lexicon words). Phrase boosting on top of an LM runs as one Python LM (KenLM's score times `lm_weight` plus the
+phrase bonus): correct, but each word costs a Python call (see README "Language models" for the numbers).
 """
 
 from __future__ import annotations
@@ -15,13 +24,16 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
 
 from speechadapt.asr.decoding import Hypothesis, Word
 from speechadapt.asr.text import CharTokenizer, normalize_text
 from speechadapt.quote import quote
+
+if TYPE_CHECKING:
+    from speechadapt.lm import LmFiles
 
 MAX_BOOST = 20.0
 DEFAULT_BOOST = 10.0
@@ -36,6 +48,10 @@ class BeamConfig:
     beam_threshold: float = 25.0
     word_score: float = 0.0  # per-word insertion bonus (lexicon mode)
     sil_score: float = 0.0
+    # with a word language model (lm/ in the package; lm.json's "decoding" overrides these)
+    lm_weight: float = 1.0  # weight of KenLM's word scores (log10 probabilities)
+    lm_word_score: float = 1.0  # per-word insertion bonus
+    unk_score: float | None = None  # None: -inf (no words outside the lexicon; see the module docstring)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -149,13 +165,52 @@ def _phrase_lm(sequences: list[tuple[list[int], float]]):
     return PhraseLM()
 
 
+def _boosted_kenlm(kenlm, lm_weight: float, sequences: list[tuple[list[int], float]]):
+    """KenLM (times `lm_weight`) plus phrase boosting, as one flashlight LM. A state is a word history: the
+    pair (KenLM state, phrase trie node) is kept per state, and the states are made afresh for each search."""
+    from torchaudio.models.decoder import CTCDecoderLM, CTCDecoderLMState
+
+    phrases = _phrase_lm(sequences)
+
+    class BoostedLM(CTCDecoderLM):
+        def __init__(self):
+            super().__init__()
+            self.pairs = {}
+
+        def start(self, start_with_nothing: bool):
+            root = CTCDecoderLMState()
+            self.pairs = {root: (kenlm.start(start_with_nothing), phrases.root)}
+            return root
+
+        def score(self, state, symbol: int):
+            ks, node = self.pairs[state]
+            ks2, lm_score = kenlm.score(ks, symbol)
+            target, gain, _ = phrases._step(node, symbol)
+            child = state.child(symbol)
+            self.pairs[child] = (ks2, target)
+            return child, lm_weight * lm_score + gain
+
+        def finish(self, state):
+            ks, node = self.pairs[state]
+            _, lm_score = kenlm.finish(ks)
+            refund = 0.0 if node.end or node is phrases.root else -node.bonus
+            return state, lm_weight * lm_score + refund
+
+    return BoostedLM()
+
+
 class BeamDecoder:
     """CTC beam search for one model; safe to share between threads (one search at a time per decoder)."""
 
     def __init__(self, tokenizer: CharTokenizer, lexicon: Sequence[str] | None, cfg: BeamConfig = BeamConfig(),
-                 cache_size: int = 16):
-        self.tokenizer, self.cfg = tokenizer, cfg
+                 cache_size: int = 16, lm: LmFiles | None = None):
+        self.tokenizer, self.cfg, self.lm = tokenizer, cfg, lm
+        if lm is not None:  # the LM's broad lexicon, plus any model word it lacks
+            lexicon = [*lm.words, *(lexicon or ())]
         self.lexicon = tuple(dict.fromkeys(lexicon)) if lexicon else None
+        self._known = frozenset(self.lexicon or ())
+        self._lm_search = None  # (word dict, trie, KenLM) over the LM's lexicon, built once
+        self._lm_lock = threading.Lock()
         self.tokens = ["-", "|", *tokenizer.tokens[2:]]
         self._cache: OrderedDict[tuple[Phrase, ...], tuple[object, threading.Lock]] = OrderedDict()
         self._cache_size = cache_size
@@ -166,7 +221,10 @@ class BeamDecoder:
         from flashlight.lib.text.dictionary import Dictionary, create_word_dict
         from torchaudio.models.decoder import CTCDecoder
 
+        if self.lm is not None and all(w in self._known for p in phrases for w in p.words):
+            return self._lm_decoder(phrases)
         cfg, tokens_dict = self.cfg, Dictionary(self.tokens)
+        lm_weight = 1.0
         if self.lexicon is not None:
             words = list(self.lexicon)
             known = set(words)
@@ -176,9 +234,15 @@ class BeamDecoder:
             word_dict = create_word_dict(lexicon)
             del lexicon["<unk>"]
             seqs = [([word_dict.get_index(w) for w in p.words], p.boost) for p in phrases]
+            word_score, unk_score = cfg.word_score, float("-inf")
+            if self.lm is not None:
+                word_score = cfg.lm_word_score
+                unk_score = float("-inf") if cfg.unk_score is None else cfg.unk_score
+                if not phrases:
+                    lm_weight = cfg.lm_weight
             options = LexiconDecoderOptions(
                 beam_size=cfg.beam_size, beam_size_token=cfg.beam_size_token, beam_threshold=cfg.beam_threshold,
-                lm_weight=1.0, word_score=cfg.word_score, unk_score=float("-inf"), sil_score=cfg.sil_score,
+                lm_weight=lm_weight, word_score=word_score, unk_score=unk_score, sil_score=cfg.sil_score,
                 log_add=False, criterion_type=CriterionType.CTC,
             )
         else:
@@ -191,9 +255,64 @@ class BeamDecoder:
                 beam_size=cfg.beam_size, beam_size_token=cfg.beam_size_token, beam_threshold=cfg.beam_threshold,
                 lm_weight=1.0, sil_score=cfg.sil_score, log_add=False, criterion_type=CriterionType.CTC,
             )
-        lm = _phrase_lm(seqs) if phrases else ZeroLM()
+        if self.lm is not None:
+            from flashlight.lib.text.decoder.kenlm import KenLM
+
+            kenlm = KenLM(str(self.lm.arpa), word_dict)  # phrase words beyond the lexicon: a new word order
+            lm = _boosted_kenlm(kenlm, cfg.lm_weight, seqs) if phrases else kenlm
+        else:
+            lm = _phrase_lm(seqs) if phrases else ZeroLM()
         return CTCDecoder(nbest=1, lexicon=lexicon, word_dict=word_dict, tokens_dict=tokens_dict, lm=lm,
                           decoder_options=options, blank_token="-", sil_token="|", unk_word="<unk>")
+
+    def _lm_decoder(self, phrases: tuple[Phrase, ...]):
+        """A lexicon decoder with the LM whose lexicon trie (84k words take seconds to insert and smear) is built
+        once and shared by every phrase set whose words the lexicon has."""
+        from flashlight.lib.text.decoder import CriterionType, LexiconDecoder, LexiconDecoderOptions, SmearingMode, Trie
+        from flashlight.lib.text.decoder.kenlm import KenLM
+        from flashlight.lib.text.dictionary import Dictionary, create_word_dict
+        from torchaudio.models.decoder import CTCDecoder
+
+        tokens_dict = Dictionary(self.tokens)
+        with self._lm_lock:
+            if self._lm_search is None:
+                lexicon = {w: [list(w) + ["|"]] for w in self.lexicon}
+                lexicon["<unk>"] = [["<unk>"]]
+                word_dict = create_word_dict(lexicon)
+                kenlm = KenLM(str(self.lm.arpa), word_dict)
+                trie = Trie(tokens_dict.index_size(), 1)
+                start = kenlm.start(False)
+                for w in self.lexicon:  # smeared with the unigram scores, as torchaudio does
+                    idx = word_dict.get_index(w)
+                    trie.insert([tokens_dict.get_index(c) for c in w] + [1], idx, kenlm.score(start, idx)[1])
+                trie.smear(SmearingMode.MAX)
+                self._lm_search = (word_dict, trie, kenlm)
+        word_dict, trie, kenlm = self._lm_search
+        cfg = self.cfg
+        seqs = [([word_dict.get_index(w) for w in p.words], p.boost) for p in phrases]
+        options = LexiconDecoderOptions(
+            beam_size=cfg.beam_size, beam_size_token=cfg.beam_size_token, beam_threshold=cfg.beam_threshold,
+            lm_weight=1.0 if phrases else cfg.lm_weight, word_score=cfg.lm_word_score,
+            unk_score=float("-inf") if cfg.unk_score is None else cfg.unk_score, sil_score=cfg.sil_score,
+            log_add=False, criterion_type=CriterionType.CTC,
+        )
+        lm = _boosted_kenlm(kenlm, cfg.lm_weight, seqs) if phrases else kenlm
+        decoder = CTCDecoder.__new__(CTCDecoder)  # torchaudio's wrapper around a decoder we assemble ourselves
+        decoder.nbest, decoder.word_dict, decoder.tokens_dict, decoder.blank = 1, word_dict, tokens_dict, 0
+        decoder.lm = lm  # keeps a Python LM alive as long as the decoder
+        decoder.decoder = LexiconDecoder(options, trie, lm, 1, 0, word_dict.get_index("<unk>"), [], False)
+        return decoder
+
+    def memory_bytes(self) -> int:
+        """An estimate of what the LM search holds (0 without an LM): the lexicon trie dominates, ~180 bytes
+        per spelled character (83,600 words: 135 MB measured), plus KenLM's tables (about the ARPA file's size)."""
+        if self.lm is None:
+            return 0
+        return 180 * sum(len(w) + 1 for w in self.lexicon) + self.lm.arpa.stat().st_size
+
+    def warm(self) -> None:
+        """Build the phrase-free decoder now (with an LM: load the ARPA file and the lexicon trie)."""
+        self._decoder(())
 
     def _decoder(self, phrases: tuple[Phrase, ...]):
         with self._cache_lock:
@@ -246,7 +365,7 @@ class BeamDecoder:
             elif tok > 1:
                 letters.append((tok, frame))
         close()
-        if r.words and len(r.words) == len(words):  # the lexicon's spelling of each word
-            words = [Word(w, x.start, x.end, x.confidence) for w, x in zip(r.words, words)]
+        if r.words and len(r.words) == len(words):  # the lexicon's spelling of each word (<unk>: its letters)
+            words = [x if w == "<unk>" else Word(w, x.start, x.end, x.confidence) for w, x in zip(r.words, words)]
         conf = sum(w.confidence for w in words) / len(words) if words else 0.0
         return Hypothesis(" ".join(w.word for w in words), tuple(words), conf, *span)

@@ -13,9 +13,10 @@ from speechadapt.asr.beam import BeamConfig, BeamDecoder, Phrase, parse_phrases
 from speechadapt.asr.decoding import Hypothesis, greedy_decode
 from speechadapt.asr.features import FeatureConfig, fbank
 from speechadapt.asr.model import ConformerCTC
-from speechadapt.asr.package import ModelCard, load_package, read_card, read_lexicon, verify
+from speechadapt.asr.package import ModelCard, load_package, read_card, read_lexicon, read_package_lm, verify
 from speechadapt.asr.store import ModelRef, resolve_path_or_ref
 from speechadapt.asr.text import CharTokenizer
+from speechadapt.lm import LmFiles
 
 WHISPER = "whisper"
 WAV2VEC2 = "wav2vec2-ctc"
@@ -29,10 +30,14 @@ class AsrModel:
     features: FeatureConfig
     ref: ModelRef | None = None
     lexicon: list[str] | None = None
+    lm: LmFiles | None = None  # a word LM from the package's lm/ folder: finals decode with it
     beam: BeamDecoder = field(init=False, repr=False)
 
     def __post_init__(self):
-        self.beam = BeamDecoder(self.tokenizer, self.lexicon, BeamConfig.from_dict(self.card.decoding))
+        decoding = {**self.card.decoding, **(self.lm.decoding if self.lm else {})}
+        self.beam = BeamDecoder(self.tokenizer, self.lexicon, BeamConfig.from_dict(decoding), lm=self.lm)
+        if self.lm is not None:
+            self.beam.warm()  # seconds for a broad lexicon: at load, not at the first final
 
     @property
     def sample_rate(self) -> int:
@@ -59,9 +64,9 @@ class AsrModel:
                phrases: tuple[Phrase, ...] = ()) -> list[Hypothesis]:
         """One utterance's logits (T, vocab) -> up to `nbest` hypotheses, best first.
 
-        Beam search over the model's lexicon when it has one; otherwise greedy, unless n-best lists or
-        phrases ask for a (character-level) beam search."""
-        if self.lexicon is None and nbest <= 1 and not phrases:
+        Beam search over the model's lexicon (and its word LM) when it has one; otherwise greedy, unless n-best
+        lists or phrases ask for a (character-level) beam search."""
+        if self.lexicon is None and self.lm is None and nbest <= 1 and not phrases:
             return [greedy_decode(logits, self.tokenizer, self.frame_seconds, start_frame)]
         return self.beam.decode(logits, self.frame_seconds, start_frame, nbest, phrases)
 
@@ -85,8 +90,9 @@ class AsrModel:
         return Stream(self, input_rate, endpoint)
 
     def memory_bytes(self) -> int:
-        """Memory the model holds: its parameters and buffers."""
-        return sum(t.numel() * t.element_size() for t in list(self.net.parameters()) + list(self.net.buffers()))
+        """Memory the model holds: its parameters and buffers, and its word LM's search (an estimate)."""
+        tensors = sum(t.numel() * t.element_size() for t in list(self.net.parameters()) + list(self.net.buffers()))
+        return tensors + self.beam.memory_bytes()
 
     def transcribe_file(self, path: str | Path) -> Hypothesis:
         return self.transcribe(load_audio(path, self.sample_rate))
@@ -112,4 +118,4 @@ def load_model(ref: str | Path, store: str | Path | None = None, device: str = "
         verify(mref.path, card)
         return load_wav2vec2(mref.path, card, mref, device)
     card, net, tok, feats = load_package(mref.path, device=device)
-    return AsrModel(card, net, tok, feats, mref, read_lexicon(mref.path, card))
+    return AsrModel(card, net, tok, feats, mref, read_lexicon(mref.path, card), read_package_lm(mref.path, card))

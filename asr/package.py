@@ -26,6 +26,7 @@ FORMAT_VERSION = 1
 CARD = "model.json"
 WEIGHTS = "weights.safetensors"
 LEXICON = "lexicon.txt"  # optional: the words the model knows, one per line (beam search over them)
+LM_DIR = "lm"  # optional: a word language model (speechadapt.lm: lm.arpa, lexicon.txt, lm.json)
 
 
 class PackageError(ValueError):
@@ -95,12 +96,19 @@ def read_card(folder: str | Path) -> ModelCard:
     return ModelCard.from_dict(data)
 
 
+def _package_path(name: str) -> bool:
+    """A file name a card may list: in the package folder, or in its `lm/` folder (an attached language model)."""
+    parts = Path(name).parts
+    return Path(name).as_posix() == name and (len(parts) == 1 or (len(parts) == 2 and parts[0] == LM_DIR)) \
+        and all(p not in ("", ".", "..") for p in parts)
+
+
 def verify(folder: Path, card: ModelCard) -> None:
     """Every file the card lists exists and has its recorded sha256; the weights are listed."""
     if WEIGHTS not in card.files:
         raise PackageError(f"{folder / CARD} does not list {WEIGHTS}")
     for name, meta in card.files.items():
-        if Path(name).name != name:
+        if not _package_path(name):
             raise PackageError(f"{folder / CARD} lists a file outside the package: {name!r}")
         path = folder / name
         if not path.is_file():
@@ -151,6 +159,19 @@ def read_lexicon(folder: str | Path, card: ModelCard) -> list[str] | None:
     if bad:
         raise PackageError(f"{Path(folder) / LEXICON} has words outside the model's alphabet: {bad[:5]}")
     return words
+
+
+def read_package_lm(folder: str | Path, card: ModelCard):
+    """The package's word LM (`lm/`, verified with the rest by `load_package`) as `speechadapt.lm.LmFiles`, or
+    None when it has none. An LM whose lm.json or files disagree with the card is refused."""
+    from speechadapt.lm import INFO, LmError, read_lm
+
+    if f"{LM_DIR}/{INFO}" not in card.files:
+        return None
+    try:
+        return read_lm(Path(folder) / LM_DIR, tuple(CharTokenizer.from_dict(card.tokenizer).tokens[2:]))
+    except LmError as e:
+        raise PackageError(f"{folder}: its language model is unusable: {e}") from e
 
 
 def lexicon_from_texts(texts) -> list[str]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from speechadapt import __version__
+from speechadapt import lm as speechadapt_lm
 from speechadapt.client._sync import SpeechClient
 from speechadapt.client.jobs import (
     JOB_COLUMNS, REPORT_JSON, REPORT_PNG, SEARCH_PNG, job_details, job_row, progress_line, server_problems,
@@ -695,6 +696,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on SIGTERM: refuse new recognitions (UNAVAILABLE: retry elsewhere), let open ones run up to "
                         "S seconds, then stop; a second SIGTERM or SIGINT stops at once; 0..3600 (default: 30)")
     p.set_defaults(_handler=_serve, _check=functools.partial(_check_serve, parser=p))
+
+    p = sub.add_parser("lm", help="word language models for open-vocabulary decoding: build, attach (in-process)")
+    speechadapt_lm.add_arguments(p)
 
     data = sub.add_parser("data", help="prepare training and evaluation data")
     data_sub = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)

@@ -597,6 +597,7 @@ def _worker_loop(config: dict) -> dict | None:
     merge(final)
     export_package(run_dir / CANDIDATE, final.eval(), tokenizer, features, overwrite=True, name="candidate",
                    metrics={"dev_wer": trainer.best_wer}, **decoding)
+    carry_lm(job.base_path, run_dir / CANDIDATE)
     return {"steps": trainer.step_no, "total_steps": total, "best_step": meta["best_step"], "best_dev_wer": trainer.best_wer,
             "train_seconds": round(meta["train_seconds"], 1), "restarts": meta["restarts"],
             "resumed_from_steps": meta["resumed_from_steps"], "workers": world,
@@ -740,6 +741,18 @@ def publish(store: Path, name: str, net, tokenizer, features, **card) -> int:
         tmp, net, tokenizer, features, name=name, version=version, **card))
 
 
+def carry_lm(base_path: str | Path, candidate_dir: Path) -> bool:
+    """A base whose package carries a word LM (`lm/`) passes it to the candidate, so that the candidate is
+    evaluated (against a base decoded with that LM) and published with it. Returns whether it had one."""
+    from speechadapt.asr.package import LM_DIR, read_card
+    from speechadapt.lm import INFO, attach
+
+    if f"{LM_DIR}/{INFO}" not in read_card(base_path).files:
+        return False
+    attach(candidate_dir, Path(base_path) / LM_DIR)
+    return True
+
+
 def publish_candidate(store: Path, name: str, candidate_dir: Path, **updates) -> int:
     """Publish the candidate package (any architecture) as STORE/<name>/<N>/: its files copied, its card
     renamed and updated (`updates`: description, lineage, metrics...). Atomic (speechadapt.asr.store.publish)."""
@@ -751,6 +764,7 @@ def publish_candidate(store: Path, name: str, candidate_dir: Path, **updates) ->
     def write(tmp: Path, version: int) -> None:
         tmp.mkdir(parents=True)
         for f in card.files:
+            (tmp / f).parent.mkdir(exist_ok=True)  # an attached LM lives in lm/
             shutil.copyfile(candidate_dir / f, tmp / f)
         fields_ = {k: v for k, v in asdict(card).items() if k not in ("files", "created")}
         fields_.update(updates, name=name, version=version)
