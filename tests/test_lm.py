@@ -207,6 +207,11 @@ def test_attached_lm_loads_and_a_tampered_one_is_refused(tmp_path, base_copy):
     assert not (base_copy / "lm").exists() and "lm/lm.arpa" not in read_card(base_copy).files  # --out: a copy
     assert main(["lm", "attach", "--model", str(base_copy), "--lm", str(lm), "--out", str(pkg)]) == 2  # exists
     assert main(["lm", "attach", "--model", str(pkg), "--lm", str(lm)]) == 0  # again, in place: replaced
+    named = tmp_path / "store" / "base-en-lm" / "1"
+    assert main(["lm", "attach", "--model", str(pkg), "--lm", str(lm), "--name", "base-en-lm"]) == 2  # needs --out
+    assert main(["lm", "attach", "--model", str(base_copy), "--lm", str(lm), "--out", str(named),
+                 "--name", "base-en-lm"]) == 0
+    assert load_model("base-en-lm", store=tmp_path / "store").lm is not None and read_card(named).name == "base-en-lm"
     card = read_card(pkg)
     assert {"lm/lm.arpa", "lm/lexicon.txt", "lm/lm.json"} <= set(card.files)
     model = load_model(pkg)

@@ -284,6 +284,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, metavar="NEW_DIR",
                    help="attach to a copy of the package written here (e.g. STORE/NAME/1; must not exist) and leave "
                         "--model as it is")
+    p.add_argument("--name", default=None, metavar="NAME",
+                   help="with --out: the copy's model name (its card's `name`), e.g. base-en-lm for STORE/base-en-lm/1")
     p.set_defaults(_handler=_run_attach)
 
 
@@ -315,6 +317,8 @@ def _run_attach(args: argparse.Namespace) -> int:
 
     target = args.model
     try:
+        if args.name and not args.out:
+            raise LmError("--name renames the copy written by --out; give --out NEW_DIR too")
         if args.out:
             if Path(args.out).exists():
                 raise LmError(f"--out {args.out} already exists; name a new folder")
@@ -322,6 +326,9 @@ def _run_attach(args: argparse.Namespace) -> int:
             shutil.copytree(args.model, args.out)
             target = args.out
         attach(target, args.lm)
+        if args.name:
+            card = json.loads((Path(target) / "model.json").read_text(encoding="utf-8"))
+            _write_json(Path(target) / "model.json", {**card, "name": args.name})
     except (LmError, OSError) as e:
         if args.out and target == args.out:
             shutil.rmtree(args.out, ignore_errors=True)
