@@ -36,7 +36,7 @@ test: install
 demo: install
 	DEMO_DIR=$(DEMO_DIR) PY=$(PY) bash deploy/demo.sh
 
-# Rebuild the base model from nothing (~2 h on 2 cores: ~10 min synthesis, <= 105 min training, benchmarks):
+# Rebuild the base model from nothing (~2 h on 2 cores: ~12 min synthesis, <= 105 min training, benchmarks):
 # natural training text (`data text`: train, dev and held-out test splits), the train text spoken by every
 # engine (BASE_WEIGHTS: share of the audio per engine, split over its speakers) with speed/pitch variation,
 # noise and speed perturbation; a dev set the same way; Ray Train pretraining (training/configs/base-en.yaml);

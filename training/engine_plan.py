@@ -17,9 +17,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# Synthesis cost per second of audio on one core of the 2-core machine (load 7-13 while measured; README
-# "Voices": bench/voices_wer.py), used only to estimate the time a plan takes.
-SYNTH_RTF = {"espeak": 0.035, "flite": 0.04, "festival": 0.11, "piper": 0.26}
+# Synthesis cost per second of audio on one core of the 2-core machine, used only to estimate the time a plan
+# takes: README "Voices" (bench/voices_wer.py, default prosody) x 1.4, the gap measured on a weighted 0.1 h
+# corpus of the base-en recipe (speed perturbation, noise; 17.7 s with 2 workers against 12.5 s estimated).
+SYNTH_RTF = {"espeak": 0.05, "flite": 0.055, "festival": 0.15, "piper": 0.36}
 MAX_EXACT_BLOCK = 1000  # the shortest block up to this size that gives every share exactly
 MIN_BLOCK = 200  # else this many slots, by largest remainders: enough for a 1% share to get two slots
 
