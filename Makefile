@@ -43,6 +43,7 @@ demo: install
 # benchmark on the test split spoken by espeak-ng variants not in training (and real speech), without the LM;
 # a pruned 3-gram LM of the train text attached to the package; benchmark with it; model card.
 # Writes everything under BASE_DIR (package: BASE_OUT); `make base-en-ship` then copies it into asr/models/base-en.
+# A rerun resumes an interrupted training (BASE_DIR/models/base-en/.runs); delete BASE_DIR/models to start over.
 # Smoke run (a few minutes): make base-en BASE_DIR=.cache/base-smoke BASE_HOURS=0.03 BASE_DEV=20 BASE_STEPS=20 \
 #     BASE_CHECKPOINT=10 BASE_BENCH="--per-accent 4 --accents en-us,en-gb --no-real"
 BASE_DIR ?= .cache/base-en
