@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR ?= .cache/demo
 
-.PHONY: install system-deps test demo proto proto-check bench bench-transfer clean base-en
+.PHONY: install system-deps test demo proto proto-check bench bench-transfer clean base-en base-en-ship
 
 # espeak-ng, flite and festival (+ its kal, ked and slt voices) make synthetic speech (`data synth --engines`);
 # fortunes (BSD) and wordnet-base (WordNet 3.0 licence) give natural English training text (`data text`).
@@ -36,28 +36,72 @@ test: install
 demo: install
 	DEMO_DIR=$(DEMO_DIR) PY=$(PY) bash deploy/demo.sh
 
-# Rebuild the shipped base model from nothing (~90 min on 2 cores): natural training text (`data text`: train, dev
-# and held-out test splits), corpus, Ray Train pretraining, benchmark on the test split,
-# model card; then copies the package into asr/models/base-en (package data).
+# Rebuild the base model from nothing (~2 h on 2 cores: ~12 min synthesis, <= 105 min training, benchmarks):
+# natural training text (`data text`: train, dev and held-out test splits), the train text spoken by every
+# engine (BASE_WEIGHTS: share of the audio per engine, split over its speakers) with speed/pitch variation,
+# noise and speed perturbation; a dev set the same way; Ray Train pretraining (training/configs/base-en.yaml);
+# benchmark on the test split spoken by espeak-ng variants not in training (and real speech), without the LM;
+# a pruned 3-gram LM of the train text attached to the package; benchmark with it; model card.
+# Writes everything under BASE_DIR (package: BASE_OUT); `make base-en-ship` then copies it into asr/models/base-en.
+# A rerun resumes an interrupted training (BASE_DIR/models/base-en/.runs); delete BASE_DIR/models to start over.
+# Smoke run (a few minutes): make base-en BASE_DIR=.cache/base-smoke BASE_HOURS=0.03 BASE_DEV=20 BASE_STEPS=20 \
+#     BASE_CHECKPOINT=10 BASE_BENCH="--per-accent 4 --accents en-us,en-gb --no-real"
 BASE_DIR ?= .cache/base-en
+BASE_OUT ?= $(BASE_DIR)/models/base-en/1
+BASE_HOURS ?= 4
+BASE_TRAIN_TEXT ?= 40000
+BASE_DEV ?= 300
+BASE_TEST_TEXT ?= 1000
+BASE_ENGINES ?= espeak,flite,festival,piper
+BASE_VOICES ?= en-us,en-gb,flite:kal16,flite:awb,flite:rms,flite:slt,festival:kal,festival:ked,festival:slt,piper:joe
+BASE_VARIANTS ?= 10
+BASE_WEIGHTS ?= espeak=0.5,flite=0.2,festival=0.2,piper=0.1
+BASE_STEPS ?= 2200
+BASE_MINUTES ?= 105
+BASE_CHECKPOINT ?= 200
+BASE_LM_PRUNE ?= 0 2 3
+BASE_BENCH ?= --per-accent 60
+BASE_SPEAK = --engines $(BASE_ENGINES) --voices $(BASE_VOICES) --variants $(BASE_VARIANTS) \
+    --engine-weights $(BASE_WEIGHTS)
+BASE_TRAIN_SYNTH = --out $(BASE_DIR)/corpus/train $(BASE_SPEAK) --sentences $(BASE_DIR)/text/train.txt \
+    --hours $(BASE_HOURS) --seed 1 --noise-snr 15:35 --noise-prob 0.3 --speed-perturb 0.9,1.0,1.1
 base-en: install
-	$(PY) -m speechadapt.training.corpus_text --out $(BASE_DIR)/text/train.txt --split train --sentences 40000 \
-	    --seed 1 --exclude bench/data/ordinary_sentences.txt
-	$(PY) -m speechadapt.training.corpus_text --out $(BASE_DIR)/text/dev.txt --split dev --sentences 300 --seed 2 \
-	    --exclude bench/data/ordinary_sentences.txt
-	$(PY) -m speechadapt.training.corpus_text --out $(BASE_DIR)/text/test.txt --split test --sentences 1000 --seed 3 \
-	    --exclude bench/data/ordinary_sentences.txt
-	$(PY) -m speechadapt.training.synth --out $(BASE_DIR)/corpus/train --voices en-us,en-gb --variants 10 \
-	    --sentences $(BASE_DIR)/text/train.txt --hours 3.5 --seed 1 --noise-snr 15:35 --noise-prob 0.3 \
-	    --speed-perturb 0.9,1.0,1.1
-	$(PY) -m speechadapt.training.synth --out $(BASE_DIR)/corpus/dev --voices en-us,en-gb --variants 10 \
-	    --sentences $(BASE_DIR)/text/dev.txt --seed 2
-	$(PY) -m speechadapt.training.pretrain --config training/configs/base-en.yaml
-	$(PY) bench/base_model.py --model models/base-en/1 --train-summary $(BASE_DIR)/corpus/train/summary.json \
-	    --test-text $(BASE_DIR)/text/test.txt --out bench/results/base_model.json
-	$(PY) -m speechadapt.training.model_card models/base-en/1 --corpus $(BASE_DIR)/corpus/train \
-	    --dev-corpus $(BASE_DIR)/corpus/dev --bench bench/results/base_model.json --reproduce "make base-en"
-	rm -rf asr/models/base-en && mkdir -p asr/models/base-en && cp models/base-en/1/* asr/models/base-en/
+	@echo "== base-en into $(BASE_OUT): $(BASE_HOURS) h of training speech, $(BASE_STEPS) steps or $(BASE_MINUTES) min"
+	$(PY) -m speechadapt.training.corpus_text --out $(BASE_DIR)/text/train.txt --split train \
+	    --sentences $(BASE_TRAIN_TEXT) --seed 1 --exclude bench/data/ordinary_sentences.txt
+	$(PY) -m speechadapt.training.corpus_text --out $(BASE_DIR)/text/dev.txt --split dev --sentences $(BASE_DEV) \
+	    --seed 2 --exclude bench/data/ordinary_sentences.txt
+	$(PY) -m speechadapt.training.corpus_text --out $(BASE_DIR)/text/test.txt --split test \
+	    --sentences $(BASE_TEST_TEXT) --seed 3 --exclude bench/data/ordinary_sentences.txt
+	$(PY) -m speechadapt.training.synth $(BASE_TRAIN_SYNTH) --plan
+	$(PY) -m speechadapt.training.synth $(BASE_TRAIN_SYNTH) --quiet
+	$(PY) -m speechadapt.training.synth --out $(BASE_DIR)/corpus/dev $(BASE_SPEAK) \
+	    --sentences $(BASE_DIR)/text/dev.txt --seed 2 --quiet
+	$(PY) -m speechadapt.training.pretrain --config training/configs/base-en.yaml --set \
+	    train_manifest=$(BASE_DIR)/corpus/train/manifest.jsonl dev_manifest=$(BASE_DIR)/corpus/dev/manifest.jsonl \
+	    out=$(BASE_OUT) overwrite=true train.max_steps=$(BASE_STEPS) train.max_minutes=$(BASE_MINUTES) \
+	    checkpoint_every=$(BASE_CHECKPOINT)
+	$(PY) bench/base_model.py --model $(BASE_OUT) --train-summary $(BASE_DIR)/corpus/train/summary.json \
+	    --test-text $(BASE_DIR)/text/test.txt --workdir $(BASE_DIR)/bench $(BASE_BENCH) \
+	    --out $(BASE_DIR)/bench/base_model_no_lm.json
+	$(PY) -m speechadapt.client.cli lm build --text $(BASE_DIR)/text/train.txt --order 3 --broad-words none \
+	    --prune $(BASE_LM_PRUNE) --out $(BASE_DIR)/lm --attach $(BASE_OUT)
+	$(PY) bench/base_model.py --model $(BASE_OUT) --train-summary $(BASE_DIR)/corpus/train/summary.json \
+	    --test-text $(BASE_DIR)/text/test.txt --workdir $(BASE_DIR)/bench $(BASE_BENCH) \
+	    --out $(BASE_DIR)/bench/base_model.json
+	$(PY) -m speechadapt.training.model_card $(BASE_OUT) --corpus $(BASE_DIR)/corpus/train \
+	    --dev-corpus $(BASE_DIR)/corpus/dev --bench $(BASE_DIR)/bench/base_model.json \
+	    --bench-no-lm $(BASE_DIR)/bench/base_model_no_lm.json --reproduce "make base-en"
+	@du -sh $(BASE_OUT) && echo "== done: $(BASE_OUT); ship it with: make base-en-ship BASE_DIR=$(BASE_DIR)"
+
+# Only after a full `make base-en`: the package becomes asr/models/base-en (package data, at most 20 MiB with
+# lm/) and its benchmarks bench/results/base_model*.json.
+base-en-ship:
+	@test -f $(BASE_OUT)/model.json -a -f $(BASE_DIR)/bench/base_model.json || { echo "no finished package in $(BASE_OUT): run make base-en first"; exit 2; }
+	@size=$$(du -sb $(BASE_OUT) | cut -f1); test $$size -le 20971520 || { echo "$(BASE_OUT) is $$size bytes, over the 20 MiB package-data limit: prune the LM harder (BASE_LM_PRUNE)"; exit 2; }
+	rm -rf asr/models/base-en && mkdir -p asr/models && cp -r $(BASE_OUT) asr/models/base-en
+	cp $(BASE_DIR)/bench/base_model.json bench/results/base_model.json
+	cp $(BASE_DIR)/bench/base_model_no_lm.json bench/results/base_model_no_lm.json
 
 # Benchmarks (results: bench/results/*.json and the README). transfer_curve takes about 70 min on 2 cores.
 bench: install

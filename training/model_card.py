@@ -7,8 +7,11 @@ write a short MODEL_CARD.md beside it.
 model.json gains lineage.corpus (the corpus summary.json: voices, speakers, hours, synthesis config),
 lineage.vocab_size/voices/speakers, lineage.text_sources (the sources, licences and counts of a `data text` file
 the corpus was synthesised from: its sources.json, found beside the corpus's sentences file or given with
---text-sources), lineage.command (how to reproduce it) and metrics.per_accent (the benchmark's rows). Only the card changes: the weights and their sha256 stay as they are, and the card is
-replaced atomically.
+--text-sources), lineage.engines (each speech engine's version, licence, voices and hours), lineage.lm (the
+attached language model's lm.json summary, when the package has one), lineage.command (how to reproduce it),
+metrics.per_accent (the benchmark's rows, as served) and metrics.per_accent_no_lm (--bench-no-lm: the same
+benchmark before the LM was attached). Only the card changes: the weights and their sha256 stay as they are,
+and the card is replaced atomically.
 """
 
 from __future__ import annotations
@@ -72,6 +75,83 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
+def engines(summary: dict) -> list[dict]:
+    """Per speech engine of a corpus summary: version, licence, voices, speakers and hours."""
+    from speechadapt.training import voices as V
+
+    versions = summary.get("engines") or ({"espeak": summary["espeak_ng"]} if summary.get("espeak_ng") else {})
+    hours = summary.get("per_engine_hours") or {}
+    out = []
+    for name, version in versions.items():
+        mine = [v for v in summary.get("voices", []) if (v.split(":", 1)[0] if ":" in v else "espeak") == name]
+        speakers = [sp for sp in summary.get("speakers", []) if _speaker_engine(sp) == name]
+        cls = V.ENGINES.get(name)
+        out.append({"engine": name, "version": version, "licence": cls.licence if cls else "",
+                    "voices": mine, "speakers": len(speakers), "hours": hours.get(name)})
+    return out
+
+
+def _speaker_engine(speaker: str) -> str:
+    """synth's speaker ids: `flite-slt` for the other engines, `en-us+f3` (no engine prefix) for espeak-ng."""
+    from speechadapt.training import voices as V
+
+    return next((e for e in V.ENGINES if e != "espeak" and speaker.startswith(e + "-")), "espeak")
+
+
+def lm_summary(package: Path) -> dict | None:
+    """The attached LM's lm.json, without its per-file hashes (model.json lists those)."""
+    from speechadapt.lm import INFO, PACKAGE_DIR
+
+    path = package / PACKAGE_DIR / INFO
+    if not path.is_file():
+        return None
+    info = json.loads(path.read_text())
+    keep = ("order", "counts", "vocabulary", "text_words", "sources", "broad_words", "min_count", "prune",
+            "smoothing", "decoding")
+    out = {k: info.get(k) for k in keep}
+    out["bytes"] = sum(p.stat().st_size for p in (package / PACKAGE_DIR).iterdir() if p.is_file())
+    return out
+
+
+def _engine_lines(lin: dict) -> list[str]:
+    rows = lin.get("engines") or []
+    if not rows:
+        return []
+    lines = ["- Voices (engine, version, voices, share of the training audio, licence):"]
+    for e in rows:
+        h = "" if e.get("hours") is None else f", {e['hours']:.2f} h"
+        lines.append(f"  - {e['engine']} {e.get('version', '')}: {', '.join(e.get('voices') or [])} "
+                     f"({e.get('speakers')} speaker{'' if e.get('speakers') == 1 else 's'}{h}); licence: {e.get('licence')}")
+    return lines
+
+
+def _lm_lines(lm: dict | None) -> list[str]:
+    if not lm:
+        return []
+    counts = ", ".join(f"{c:,} {n}-grams" for n, c in (lm.get("counts") or {}).items())
+    texts = ", ".join(f"{s.get('path')} ({s.get('sentences')} sentences)" for s in lm.get("sources") or [])
+    broad = lm.get("broad_words")
+    return ["## Language model (lm/)",
+            f"- {lm.get('order')}-gram word LM, {lm.get('smoothing')}, pruned {lm.get('prune') or 'not'}: {counts}; "
+            f"vocabulary {lm.get('vocabulary'):,} words ({lm.get('text_words'):,} from the text"
+            + (f", the rest from {broad.get('path')}" if broad else "") + f"); {lm.get('bytes', 0) / 1e6:.1f} MB.",
+            f"- Text: {texts} (the training text; the same licences as above).",
+            f"- Decoding with it: {lm.get('decoding')}. Interim results stay greedy; finals use the LM.", ""]
+
+
+def _rows_table(rows: list[dict]) -> list[str]:
+    lines = ["| accent / set | seen? | utts | WER | CER | greedy WER | RTF |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        if r.get("kind") == "note":
+            lines.append(f"| {r['set']} | {r['seen']} | - | - | - | - | - |")
+        else:
+            rtf = "-" if r.get("rtf") is None else f"{r['rtf']:.3f}"
+            lines.append(f"| {r['set']} | {r['seen']} | {r.get('utterances')} | {_pct(r.get('wer'))} | "
+                         f"{_pct(r.get('cer'))} | {_pct(r.get('greedy_wer'))} | {rtf} |")
+    return lines
+
+
 def per_accent(bench: dict) -> list[dict]:
     keep = ("set", "kind", "seen", "utterances", "audio_minutes", "wer", "cer", "greedy_wer", "rtf", "note")
     return [{k: r[k] for k in keep if k in r} for r in bench.get("rows", [])]
@@ -92,14 +172,16 @@ def markdown(card: dict) -> str:
         f"{card['num_parameters']:,} parameters, {hp.get('chunk_frames', 0) * hp.get('stack', 4) * 10} ms chunks with "
         f"{hp.get('left_chunks')} chunks of left context; 80-dim fbank at {card['sample_rate']} Hz.",
         "",
-        "## Data (synthetic: espeak-ng, nothing downloaded)",
+        f"## Data (synthetic: {', '.join(e['engine'] for e in lin.get('engines') or []) or 'espeak'}, nothing downloaded)",
         f"- Training: {corpus.get('utterances')} utterances, {corpus.get('hours', 0):.2f} h, voices "
         f"{', '.join(corpus.get('voices', []))}, {len(corpus.get('speakers', []))} speakers: "
         f"{', '.join(corpus.get('speakers', []))}.",
+        *_engine_lines(lin),
         *_text_lines(lin, corpus, cfg),
         f"- Speech: speed {cfg.get('speed')} wpm, pitch {cfg.get('pitch')}; noise at "
         f"{cfg.get('noise_snr')} dB SNR on {cfg.get('noise_prob')} of utterances; speed perturbation "
-        f"{cfg.get('speed_perturb')}; espeak-ng {corpus.get('espeak_ng', '')}.",
+        f"{cfg.get('speed_perturb')}" + (f"; engine weights {cfg['engine_weights']}" if cfg.get("engine_weights")
+                                         else "") + ".",
         f"- Dev (model selection): {lin.get('dev_data', '')}.",
         "",
         "## Training",
@@ -108,30 +190,30 @@ def markdown(card: dict) -> str:
         f"{lin.get('software', '')}. Best dev WER {_pct(met.get('dev_wer'))}, CER {_pct(met.get('dev_cer'))}.",
         f"- Reproduce: `{lin.get('command', '')}`",
         "",
+        *_lm_lines(lin.get("lm")),
         "## Accuracy per accent (bench/base_model.py)",
         f"Unseen sentences spoken by espeak-ng speaker variants not in training; accents outside the training "
-        f"voices are zero-shot. Command: `{met.get('benchmark_command', '')}`",
+        f"voices are zero-shot. Decoded as served" + (" (with the LM)" if lin.get("lm") else "") +
+        f". Command: `{met.get('benchmark_command', '')}`",
         "",
-        "| accent / set | seen? | utts | WER | CER | greedy WER | RTF |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        *_rows_table(met.get("per_accent", [])),
     ]
-    for r in met.get("per_accent", []):
-        if r.get("kind") == "note":
-            lines.append(f"| {r['set']} | {r['seen']} | - | - | - | - | - |")
-        else:
-            rtf = "-" if r.get("rtf") is None else f"{r['rtf']:.3f}"
-            lines.append(f"| {r['set']} | {r['seen']} | {r.get('utterances')} | {_pct(r.get('wer'))} | "
-                         f"{_pct(r.get('cer'))} | {_pct(r.get('greedy_wer'))} | {rtf} |")
     notes = [f"- {r['set']}: {r['note']}" for r in met.get("per_accent", []) if r.get("note")]
     lines += ([""] + notes if notes else [])
+    if met.get("per_accent_no_lm"):
+        lines += ["", "Without the LM (the package's own closed lexicon), same test sets: "
+                  f"`{met.get('benchmark_command_no_lm', '')}`", "", *_rows_table(met["per_accent_no_lm"])]
     lines += [
         "",
         "## Limits",
         "- Trained on synthetic speech only: expect much higher error rates on real human speech (see the real-speech "
         "rows) and on accents outside the training voices. That gap is what adaptation jobs close.",
-        f"- Closed vocabulary: decoding is a beam search over the {cfg.get('vocab_size') or 'training'} words of the training "
-        "text (`lexicon.txt`); other words come out as the nearest lexicon word unless a request boosts them with "
-        "`speech_contexts` (which adds them to the search). `greedy WER` shows the acoustic model alone.",
+        (f"- Vocabulary: finals are a beam search over the LM's {lin['lm'].get('vocabulary'):,} words; other words "
+         "come out as the nearest listed word unless a request boosts them with `speech_contexts`. "
+         if lin.get("lm") else
+         f"- Closed vocabulary: decoding is a beam search over the {cfg.get('vocab_size') or 'training'} words of the "
+         "training text (`lexicon.txt`); other words come out as the nearest lexicon word unless a request boosts "
+         "them with `speech_contexts` (which adds them to the search). ") + "`greedy WER` shows the acoustic model alone.",
         "",
     ]
     return "\n".join(lines)
@@ -151,7 +233,7 @@ def ensure_lexicon(package: Path, corpus: Path, card: dict) -> None:
 
 
 def finish(package: Path, corpus: Path, dev_corpus: Path | None, bench: Path | None, reproduce: str,
-           sources: Path | None = None) -> dict:
+           sources: Path | None = None, bench_no_lm: Path | None = None) -> dict:
     card = json.loads((package / CARD).read_text())
     ensure_lexicon(package, corpus, card)
     summary = _summary(corpus)
@@ -160,6 +242,12 @@ def finish(package: Path, corpus: Path, dev_corpus: Path | None, bench: Path | N
     lin["corpus"] = summary
     lin["vocab_size"] = summary.get("config", {}).get("vocab_size")
     lin["voices"] = summary.get("voices")
+    lin["engines"] = engines(summary)
+    lm = lm_summary(package)
+    if lm is not None:
+        lin["lm"] = lm
+    else:
+        lin.pop("lm", None)
     lin["speakers"] = summary.get("speakers")
     if texts is not None:
         lin["text_sources"] = texts
@@ -172,6 +260,10 @@ def finish(package: Path, corpus: Path, dev_corpus: Path | None, bench: Path | N
         b = json.loads(bench.read_text())
         card.setdefault("metrics", {})["per_accent"] = per_accent(b)
         card["metrics"]["benchmark_command"] = b.get("command", "")
+    if bench_no_lm is not None:
+        b = json.loads(bench_no_lm.read_text())
+        card.setdefault("metrics", {})["per_accent_no_lm"] = per_accent(b)
+        card["metrics"]["benchmark_command_no_lm"] = b.get("command", "")
     tmp = package / (CARD + ".tmp")
     tmp.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     with open(tmp, "rb") as f:
@@ -187,12 +279,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("package", type=Path, help="model package folder (model.json + weights)")
     p.add_argument("--corpus", type=Path, required=True, help="training corpus folder (with summary.json)")
     p.add_argument("--dev-corpus", type=Path, help="dev corpus folder (with summary.json)")
-    p.add_argument("--bench", type=Path, help="bench/base_model.py JSON results")
+    p.add_argument("--bench", type=Path, help="bench/base_model.py JSON results (of the package as served)")
+    p.add_argument("--bench-no-lm", type=Path, metavar="JSON",
+                   help="bench/base_model.py JSON results of the package before its LM was attached")
     p.add_argument("--reproduce", default="make base-en", help="the command that rebuilds this model")
     p.add_argument("--text-sources", type=Path, metavar="JSON",
                    help="sources.json of the training text (default: the one beside the corpus's sentences file)")
     a = p.parse_args(argv)
-    finish(a.package, a.corpus, a.dev_corpus, a.bench, a.reproduce, a.text_sources)
+    for path in (a.bench, a.bench_no_lm):
+        if path is not None and not path.is_file():
+            p.error(f"{path} not found: --bench/--bench-no-lm name bench/base_model.py --out files")
+    finish(a.package, a.corpus, a.dev_corpus, a.bench, a.reproduce, a.text_sources, a.bench_no_lm)
     print(f"updated {a.package / CARD} and wrote {a.package / 'MODEL_CARD.md'}")
     return 0
 

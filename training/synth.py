@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from speechadapt.training import engine_plan
 from speechadapt.training import text as textgen
 from speechadapt.training import voices as V
 
@@ -52,6 +53,9 @@ class SynthConfig:
     engines: list[str] = field(default_factory=lambda: ["espeak"])  # espeak, flite, festival, piper
     # espeak-ng names (en-us) and engine:voice (flite:slt); None, or no voice of an engine: that engine's defaults
     voices: list[str] | None = None
+    # share of the utterances per engine ({"espeak": 0.5, "piper": 0.1}, normalised), split evenly over the
+    # engine's speakers; None: every speaker the same share (see engine_plan.py)
+    engine_weights: dict[str, float] | None = None
     variants: list[str] | int = 4  # espeak-ng: names ("none" = plain voice) or N per voice: plain + N-1 variants
     speed: tuple[int, int] = (140, 190)  # words per minute (other engines: rate relative to 175 wpm)
     pitch: tuple[int, int] = (30, 70)  # espeak-ng 0..99 (other engines: 50 = the voice's pitch, 10 = a semitone)
@@ -188,6 +192,7 @@ def resolve_variants(spec: list[str] | int, available: list[str]) -> list[str]:
 class _Plan:
     cfg: SynthConfig
     speakers: list[tuple[str, str, str]]  # (engine, voice, variant)
+    slots: list[int]  # engine_plan.schedule: speaker indices of a block, shuffled per block
     sentences: list[str] | None
     vocab: tuple[str, ...]
     word_source: str
@@ -199,8 +204,9 @@ class _Plan:
         else:
             ratio = 0.0 if c.vocab_size else c.template_ratio
             sentence = textgen.generate_sentence(np.random.default_rng([c.seed, i, 0]), self.vocab, c.words, ratio)
-        n = len(self.speakers)  # balanced: each block of n utterances has every speaker once, shuffled
-        engine, voice, variant = self.speakers[int(np.random.default_rng([c.seed, i // n, 4]).permutation(n)[i % n])]
+        n = len(self.slots)  # each block of n utterances holds the schedule's slots (every speaker once unweighted), shuffled
+        slot = self.slots[int(np.random.default_rng([c.seed, i // n, 4]).permutation(n)[i % n])]
+        engine, voice, variant = self.speakers[slot]
         r = np.random.default_rng([c.seed, i, 1])
         speed, pitch = int(r.integers(c.speed[0], c.speed[1] + 1)), int(r.integers(c.pitch[0], c.pitch[1] + 1))
         lead, tail = (round(float(v), 3) for v in r.uniform(0.1, 0.2, size=2))
@@ -222,6 +228,7 @@ def _validate(cfg: SynthConfig) -> _Plan:
     if importlib.util.find_spec("soundfile") is None:
         raise ValueError("data synth needs soundfile: pip install soundfile")
     speakers = _speakers(cfg)
+    slots = engine_plan.schedule(speakers, cfg.engine_weights)
     _check_range("speed", cfg.speed, 80, 450, int)
     _check_range("pitch", cfg.pitch, 0, 99, int)
     _check_range("words", cfg.words, 1, 100, int)
@@ -260,7 +267,7 @@ def _validate(cfg: SynthConfig) -> _Plan:
         if cfg.vocab_size and len(vocab) < cfg.vocab_size:
             raise ValueError(f"vocab_size {cfg.vocab_size} exceeds the {len(vocab)} words of {source}")
     _writable(Path(cfg.out_dir))
-    return _Plan(cfg, speakers, sentences, vocab, source)
+    return _Plan(cfg, speakers, slots, sentences, vocab, source)
 
 
 def _engines(cfg: SynthConfig) -> dict[str, V.Engine]:
@@ -381,7 +388,7 @@ def synthesize(cfg: SynthConfig) -> SynthSummary:
                disable=cfg.quiet or not sys.stderr.isatty(),
                bar_format=None if count else "{l_bar}{bar}| {n:.0f}/{total} s of audio [{elapsed}<{remaining}]")
     lines, seconds = [], 0.0
-    per_voice, per_speaker = Counter(), Counter()
+    per_voice, per_speaker, per_engine = Counter(), Counter(), Counter()
     with bar:
         for job, n in _rendered(jobs, workers, str(out), cfg.espeak):
             lines.append(json.dumps({"audio": job.path, "text": job.text, "speaker": job.speaker,
@@ -391,6 +398,7 @@ def synthesize(cfg: SynthConfig) -> SynthSummary:
             seconds += n / RATE
             per_voice[job.voice_id] += 1
             per_speaker[job.speaker] += 1
+            per_engine[job.engine] += n / RATE
             bar.update(1 if count else min(n / RATE, target_s - bar.n))
             if target_s is not None and seconds >= target_s:
                 break
@@ -406,7 +414,9 @@ def synthesize(cfg: SynthConfig) -> SynthSummary:
     _write_atomic(out / "summary.json", json.dumps({
         "utterances": summary.utterances, "hours": summary.hours, "seconds": seconds,
         "speakers": summary.speakers, "voices": summary.voices, "per_voice": summary.per_voice,
-        "per_speaker": summary.per_speaker, "seed": cfg.seed, "word_source": plan.word_source,
+        "per_speaker": summary.per_speaker,
+        "per_engine_hours": {e: round(per_engine[e] / 3600, 4) for e in dict.fromkeys(cfg.engines)},
+        "seed": cfg.seed, "word_source": plan.word_source,
         **versions, "engines": engines, "config": config}, indent=2) + "\n")
     return summary
 
@@ -465,6 +475,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="output folder (manifest.jsonl, summary.json, audio/)")
     p.add_argument("--engines", default=",".join(d.engines),
                    help=f"speech engines, comma-separated: {','.join(V.ENGINES)} (default: {','.join(d.engines)})")
+    p.add_argument("--engine-weights", metavar="E=W,...",
+                   help="share of the utterances per engine, e.g. espeak=0.5,flite=0.2,festival=0.2,piper=0.1 "
+                        "(split evenly over each engine's speakers; default: every speaker the same share)")
     p.add_argument("--voices", help="voices, comma-separated: espeak-ng names (en-us) and engine:voice (flite:slt); "
                                     "an engine with none listed gets its defaults (espeak: en-us,en-gb; see --list-voices)")
     p.add_argument("--variants", type=_variants, default=d.variants, metavar="N|V,V,...",
@@ -494,14 +507,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speed-perturb", type=_floats, metavar="F,F,...", help="speed factors, e.g. 0.9,1.0,1.1")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--list-voices", action="store_true", help="print the English voices and the variants, then exit")
+    p.add_argument("--plan", action="store_true",
+                   help="print the hours per engine (and the estimated synthesis time), then exit")
 
 
 def config_from_args(args: argparse.Namespace) -> SynthConfig:
     if not args.out:
         raise ValueError("--out DIR is required")
     voices = None if args.voices is None else [v.strip() for v in args.voices.split(",") if v.strip()]
+    weights = None if args.engine_weights is None else engine_plan.parse_weights(args.engine_weights)
     return SynthConfig(out_dir=Path(args.out), engines=[e.strip() for e in args.engines.split(",") if e.strip()],
-                       voices=voices,
+                       voices=voices, engine_weights=weights,
                        variants=args.variants, speed=args.speed, pitch=args.pitch, sentences_file=args.sentences,
                        vocab_size=args.vocab_size, template_ratio=args.template_ratio, count=args.count,
                        hours=args.hours, words=args.words, seed=args.seed, jobs=args.jobs, noise_snr=args.noise_snr,
@@ -515,7 +531,11 @@ def run(args: argparse.Namespace) -> int:
         if args.list_voices:
             _print_voices()
             return 0
-        summary = synthesize(config_from_args(args))
+        cfg = config_from_args(args)
+        if args.plan:
+            print(plan_text(cfg))
+            return 0
+        summary = synthesize(cfg)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -525,6 +545,23 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {summary.utterances} utterances ({summary.hours * 60:.1f} min, {len(summary.speakers)} speakers) "
           f"to {summary.manifest} in {summary.elapsed_s:.1f} s")
     return 0
+
+
+PLAN_SECONDS_PER_UTTERANCE = 2.8  # --plan with --count: natural `data text` sentences, about 2.8 s spoken
+
+
+def plan_text(cfg: SynthConfig) -> str:
+    """What `synthesize(cfg)` would make: hours and speakers per engine, estimated synthesis time."""
+    speakers = _speakers(cfg)
+    if cfg.hours is not None:
+        hours, basis = cfg.hours, f"{cfg.hours:g} h asked"
+    else:
+        count = cfg.count or 100
+        hours, basis = count * PLAN_SECONDS_PER_UTTERANCE / 3600, \
+            f"{count} utterances at ~{PLAN_SECONDS_PER_UTTERANCE} s each"
+    jobs = cfg.jobs or os.cpu_count() or 1
+    rows = engine_plan.plan(speakers, cfg.engine_weights, hours)
+    return f"plan for {cfg.out_dir} ({basis}, {len(speakers)} speakers):\n" + engine_plan.format_plan(rows, jobs)
 
 
 def _print_voices() -> None:

