@@ -59,7 +59,7 @@ BASE_WEIGHTS ?= espeak=0.5,flite=0.2,festival=0.2,piper=0.1
 BASE_STEPS ?= 2200
 BASE_MINUTES ?= 105
 BASE_CHECKPOINT ?= 200
-BASE_LM_PRUNE ?= 0 2 3
+BASE_LM_PRUNE ?= 0 1 2
 BASE_BENCH ?= --per-accent 60
 BASE_SPEAK = --engines $(BASE_ENGINES) --voices $(BASE_VOICES) --variants $(BASE_VARIANTS) \
     --engine-weights $(BASE_WEIGHTS)
@@ -84,7 +84,7 @@ base-en: install
 	$(PY) bench/base_model.py --model $(BASE_OUT) --train-summary $(BASE_DIR)/corpus/train/summary.json \
 	    --test-text $(BASE_DIR)/text/test.txt --workdir $(BASE_DIR)/bench $(BASE_BENCH) \
 	    --out $(BASE_DIR)/bench/base_model_no_lm.json
-	$(PY) -m speechadapt.client.cli lm build --text $(BASE_DIR)/text/train.txt --order 3 --broad-words none \
+	$(PY) -m speechadapt.client.cli lm build --text $(BASE_DIR)/text/train.txt --order 3 \
 	    --prune $(BASE_LM_PRUNE) --out $(BASE_DIR)/lm --attach $(BASE_OUT)
 	$(PY) bench/base_model.py --model $(BASE_OUT) --train-summary $(BASE_DIR)/corpus/train/summary.json \
 	    --test-text $(BASE_DIR)/text/test.txt --workdir $(BASE_DIR)/bench $(BASE_BENCH) \
@@ -94,11 +94,11 @@ base-en: install
 	    --bench-no-lm $(BASE_DIR)/bench/base_model_no_lm.json --reproduce "make base-en"
 	@du -sh $(BASE_OUT) && echo "== done: $(BASE_OUT); ship it with: make base-en-ship BASE_DIR=$(BASE_DIR)"
 
-# Only after a full `make base-en`: the package becomes asr/models/base-en (package data, at most 20 MiB with
-# lm/) and its benchmarks bench/results/base_model*.json.
+# Only after a full `make base-en`: the package becomes asr/models/base-en (package data: at most 20 MiB in the
+# wheel, deflated, lm/ included) and its benchmarks bench/results/base_model*.json.
 base-en-ship:
 	@test -f $(BASE_OUT)/model.json -a -f $(BASE_DIR)/bench/base_model.json || { echo "no finished package in $(BASE_OUT): run make base-en first"; exit 2; }
-	@size=$$(du -sb $(BASE_OUT) | cut -f1); test $$size -le 20971520 || { echo "$(BASE_OUT) is $$size bytes, over the 20 MiB package-data limit: prune the LM harder (BASE_LM_PRUNE)"; exit 2; }
+	@$(PY) -c 'import sys; from speechadapt.asr.package import SHIPPED_LIMIT_BYTES as L, shipped_bytes as b; n = b(sys.argv[1]); sys.exit(0) if n <= L else sys.exit(f"{sys.argv[1]} adds {n} bytes to the wheel (deflated), over the 20 MiB package-data limit: prune the LM harder (BASE_LM_PRUNE)")' $(BASE_OUT)
 	rm -rf asr/models/base-en && mkdir -p asr/models && cp -r $(BASE_OUT) asr/models/base-en
 	cp $(BASE_DIR)/bench/base_model.json bench/results/base_model.json
 	cp $(BASE_DIR)/bench/base_model_no_lm.json bench/results/base_model_no_lm.json

@@ -82,6 +82,17 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+SHIPPED_LIMIT_BYTES = 20 * 1024 * 1024  # a package shipped as package data: what the wheel carries
+
+
+def shipped_bytes(folder: str | Path) -> int:
+    """What a package adds to a wheel: every file deflated (zip's level 6). Weights barely shrink; an ARPA LM
+    and a lexicon shrink about 5x."""
+    import zlib
+
+    return sum(len(zlib.compress(p.read_bytes(), 6)) for p in sorted(Path(folder).rglob("*")) if p.is_file())
+
+
 def read_card(folder: str | Path) -> ModelCard:
     folder = Path(folder)
     path = folder / CARD
