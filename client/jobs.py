@@ -43,7 +43,9 @@ def load_spec(spec: SpecLike) -> JobSpec | pb.JobSpec:
 
 
 def spec_proto(spec: JobSpec | pb.JobSpec) -> pb.JobSpec:
-    return spec if isinstance(spec, pb.JobSpec) else spec.to_proto()
+    """The request's spec: a JobSpec's domain_text files are read now and their text sent (JobSpecError when one
+    is missing, empty, not UTF-8, or all together over 4 MiB)."""
+    return spec if isinstance(spec, pb.JobSpec) else spec.to_proto(domain_text=spec.read_domain_text())
 
 
 def local_manifests(spec: JobSpec | pb.JobSpec) -> dict[str, LocalManifest]:
