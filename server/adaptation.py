@@ -489,6 +489,8 @@ def job_message(job: JobRecord, data: DataStore | None = None) -> pb.Job:
             base_source_wer=num("base_source_wer", -1.0), adapted_source_wer=num("adapted_source_wer", -1.0),
             relatedness=num("relatedness", -1.0), trained_parameters=int(num("trained_parameters")),
             total_parameters=int(num("total_parameters")),
+            base_target_wer_domain_lm=num("base_target_wer_domain_lm", -1.0),
+            domain_lm_weight=num("domain_lm_weight", -1.0), domain_lm_dev_perplexity=num("domain_lm_dev_perplexity"),
         ),
         create_time=_ts(job.create_time), start_time=_ts(job.start_time), end_time=_ts(job.end_time),
         ray_job_id=job.ray_job_id, owner=job.owner,

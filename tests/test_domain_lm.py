@@ -89,3 +89,114 @@ def test_mixed_arpa_round_trip_and_best_weight_on_dev_text(tmp_path):
         history.append(w)
     assert total == pytest.approx(ours, abs=1e-4)
     assert math.isfinite(total) and UNK in words
+
+
+# ------------------------------------------------------------------------------------------------ the job spec
+
+def _job_file(tmp_path, domain) -> "Path":
+    import yaml
+
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump({"name": "kitchen", "base_model": "base-en",
+                                                        "train_manifest": "t.jsonl", "dev_manifest": "d.jsonl",
+                                                        "domain_text": domain}))
+    return tmp_path / "job.yaml"
+
+
+def test_domain_text_in_the_job_file_and_on_the_wire(tmp_path):
+    from speechadapt.client.jobs import spec_proto
+    from speechadapt.jobspec import JobSpec
+    from speechadapt.v1 import adaptation_pb2 as pb
+
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("Whisk the egg yolks.\nFold in 2 cups of flour\n")
+    (tmp_path / "b.txt").write_text("simmer the stock")
+    one = JobSpec.from_yaml(_job_file(tmp_path, "texts/a.txt"))  # one file, relative to the job file
+    assert one.domain_text == [str(tmp_path / "texts" / "a.txt")]
+    spec = JobSpec.from_yaml(_job_file(tmp_path, ["texts/a.txt", "b.txt"]))
+    assert spec.read_domain_text() == "Whisk the egg yolks.\nFold in 2 cups of flour\nsimmer the stock\n"
+    msg = spec_proto(spec)  # what `jobs submit` sends: the text, never the client's paths
+    wire = pb.JobSpec.FromString(msg.SerializeToString())
+    assert wire.domain_text == spec.read_domain_text() and "a.txt" not in str(wire) and "b.txt" not in str(wire)
+    # the server's record names the text it stored by sha256; from_proto reads that back as a text:// URI
+    record = pb.JobSpec(name="kitchen", base_model="base-en", train_manifest="/t", dev_manifest="/d",
+                        domain_text_sha256="ab" * 32, domain_text_lines=3)
+    again = JobSpec.from_proto(record)
+    assert again.domain_text == ["text://" + "ab" * 32]
+    assert again.to_proto().domain_text_sha256 == "ab" * 32 and again.read_domain_text() == ""
+    assert JobSpec.from_proto(wire).domain_text == []  # the text itself is the server's to store
+
+
+def test_bad_domain_text_files_are_refused_before_sending(tmp_path):
+    from speechadapt.jobspec import MAX_DOMAIN_TEXT_BYTES, JobSpec, JobSpecError
+
+    (tmp_path / "empty.txt").write_text("  \n\n")
+    (tmp_path / "latin1.txt").write_bytes("crème brûlée\n".encode("latin-1"))
+    (tmp_path / "big.txt").write_text(("stir the sauce gently\n" * (MAX_DOMAIN_TEXT_BYTES // 22 + 1)))
+    with pytest.raises(JobSpecError) as e:
+        JobSpec.from_yaml(_job_file(tmp_path, ["missing.txt", "empty.txt", "latin1.txt"]))
+    problems = e.value.problems
+    assert len(problems) == 3, problems
+    assert "missing.txt" in problems[0] and "cannot read it" in problems[0]
+    assert "empty.txt" in problems[1] and "empty" in problems[1]
+    assert "latin1.txt" in problems[2] and "not UTF-8" in problems[2]
+    with pytest.raises(JobSpecError, match=r"over the limit of 4194304 \(4 MiB\)"):
+        JobSpec.from_yaml(_job_file(tmp_path, "big.txt"))
+    with pytest.raises(JobSpecError, match="text://<64 hex"):
+        JobSpec.from_dict({"name": "k", "base_model": "b", "train_manifest": "t", "dev_manifest": "d",
+                           "domain_text": ["text://xyz"]})
+
+
+def test_server_stores_domain_text_and_refuses_oversized_text_and_whisper_bases(make_server, tiny, tmp_path):
+    import grpc
+
+    from speechadapt.jobspec import MAX_DOMAIN_TEXT_BYTES
+    from speechadapt.server.adaptation import job_message
+    from speechadapt.server.datastore import DataStore
+    from speechadapt.server.jobs import JobStore
+    from speechadapt.v1 import adaptation_pb2 as pb
+    from speechadapt.v1 import adaptation_pb2_grpc as pb_grpc
+
+    def spec(**kw):
+        return pb.JobSpec(name="tiny-k", base_model="tiny", train_manifest="/nonexistent/t.jsonl",
+                          dev_manifest="/nonexistent/d.jsonl", **kw)
+
+    srv = make_server(state_dir=tmp_path / "state")
+    with grpc.insecure_channel(srv.address) as ch:
+        stub = pb_grpc.AdaptationStub(ch)
+        for s, expect in ((spec(domain_text="x" * (MAX_DOMAIN_TEXT_BYTES + 1)), "over the limit of 4194304"),
+                          (spec(domain_text=" \n\n"), "domain_text has no words"),
+                          (spec(domain_text_sha256="cd" * 32), "holds no such domain text")):
+            with pytest.raises(grpc.RpcError) as e:
+                stub.SubmitJob(pb.SubmitJobRequest(spec=s))
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and expect in e.value.details(), e.value.details()
+        assert stub.ListJobs(pb.ListJobsRequest()).jobs == []
+
+    # a record keeps text://<sha256>; GetJob/ListJobs give its sha256 and line count, never the text
+    data = DataStore(tmp_path / "other" / "data", max_blob_bytes=1 << 20)
+    text = "whisk the egg yolks\nfold in the flour\n" * 1000
+    digest, lines = data.put_text(text)
+    assert lines == 2000 and data.text_path(digest).read_text() == text
+    store = JobStore(tmp_path / "other" / "jobs.sqlite")
+    job = store.create({"name": "k", "base_model": "tiny", "train_manifest": "/t", "dev_manifest": "/d",
+                        "domain_text": ["text://" + digest]}, tmp_path / "other" / "runs" / "r0")
+    msg = job_message(job, data)
+    assert (msg.spec.domain_text, msg.spec.domain_text_sha256, msg.spec.domain_text_lines) == ("", digest, 2000)
+    assert len(msg.SerializeToString()) < 1000
+    store.close()
+    data.close()
+
+
+def test_whisper_bases_are_refused(make_server, tmp_path):
+    import grpc
+
+    from speechadapt.v1 import adaptation_pb2 as pb
+    from speechadapt.v1 import adaptation_pb2_grpc as pb_grpc
+
+    srv = make_server(state_dir=tmp_path / "state", default_model=None)
+    with grpc.insecure_channel(srv.address) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            pb_grpc.AdaptationStub(ch).SubmitJob(pb.SubmitJobRequest(spec=pb.JobSpec(
+                name="w", base_model="whisper-tiny-en", train_manifest="/t.jsonl", dev_manifest="/d.jsonl",
+                domain_text="hello there\n")))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+    assert "domain_text needs a CTC base with a lexicon decoder" in e.value.details()

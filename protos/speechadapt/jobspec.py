@@ -116,7 +116,8 @@ class JobSpec:
         if isinstance(data.get("domain_text"), str):  # one file: `domain_text: kitchen.txt`
             data = {**data, "domain_text": [data["domain_text"]]}
         missing = [f.name for f in dataclasses.fields(cls)
-                   if f.default is dataclasses.MISSING and data.get(f.name) in (None, "")]
+                   if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                   and data.get(f.name) in (None, "")]
         if missing:
             raise JobSpecError([f"{where}: missing required key {k!r}" for k in missing])
         try:

@@ -98,7 +98,7 @@ class SearchSpec(_message.Message):
     def __init__(self, trials: _Optional[int] = ..., budget_minutes: _Optional[float] = ..., strategies: _Optional[_Iterable[_Union[Strategy, str]]] = ..., learning_rates: _Optional[_Iterable[float]] = ..., source_replay: _Optional[_Iterable[float]] = ..., concurrent: _Optional[int] = ...) -> None: ...
 
 class JobMetrics(_message.Message):
-    __slots__ = ("base_target_wer", "adapted_target_wer", "base_source_wer", "adapted_source_wer", "relatedness", "trained_parameters", "total_parameters")
+    __slots__ = ("base_target_wer", "adapted_target_wer", "base_source_wer", "adapted_source_wer", "relatedness", "trained_parameters", "total_parameters", "base_target_wer_domain_lm", "domain_lm_weight", "domain_lm_dev_perplexity")
     BASE_TARGET_WER_FIELD_NUMBER: _ClassVar[int]
     ADAPTED_TARGET_WER_FIELD_NUMBER: _ClassVar[int]
     BASE_SOURCE_WER_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +106,9 @@ class JobMetrics(_message.Message):
     RELATEDNESS_FIELD_NUMBER: _ClassVar[int]
     TRAINED_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    BASE_TARGET_WER_DOMAIN_LM_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_LM_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_LM_DEV_PERPLEXITY_FIELD_NUMBER: _ClassVar[int]
     base_target_wer: float
     adapted_target_wer: float
     base_source_wer: float
@@ -113,7 +116,10 @@ class JobMetrics(_message.Message):
     relatedness: float
     trained_parameters: int
     total_parameters: int
-    def __init__(self, base_target_wer: _Optional[float] = ..., adapted_target_wer: _Optional[float] = ..., base_source_wer: _Optional[float] = ..., adapted_source_wer: _Optional[float] = ..., relatedness: _Optional[float] = ..., trained_parameters: _Optional[int] = ..., total_parameters: _Optional[int] = ...) -> None: ...
+    base_target_wer_domain_lm: float
+    domain_lm_weight: float
+    domain_lm_dev_perplexity: float
+    def __init__(self, base_target_wer: _Optional[float] = ..., adapted_target_wer: _Optional[float] = ..., base_source_wer: _Optional[float] = ..., adapted_source_wer: _Optional[float] = ..., relatedness: _Optional[float] = ..., trained_parameters: _Optional[int] = ..., total_parameters: _Optional[int] = ..., base_target_wer_domain_lm: _Optional[float] = ..., domain_lm_weight: _Optional[float] = ..., domain_lm_dev_perplexity: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "spec", "state", "promoted", "reason", "model", "version", "metrics", "create_time", "start_time", "end_time", "progress", "ray_job_id", "owner")
