@@ -67,7 +67,8 @@ def test_mixed_arpa_round_trip_and_best_weight_on_dev_text(tmp_path):
     assert ppl[weight] == min(ppl.values()) and 0 < weight < 1
     assert ppl[weight] < perplexity(a, dev) and ppl[weight] < perplexity(b, dev)  # the mix beats both on mixed text
     kitchen_only = [["whisk", "the", "egg", "yolks"], ["simmer", "stock", "on", "a", "low", "flame"]]
-    assert best_mix_weight(a, b, kitchen_only)[0] == 0.9
+    w_k, ppl_k = best_mix_weight(a, b, kitchen_only)
+    assert w_k > 0.9 and ppl_k[w_k] == min(ppl_k.values())  # EM finds the optimum between grid points
     m = mix_arpa(a, b, weight)
     m.write_arpa(tmp_path / "mix.arpa")
     back = read_arpa(tmp_path / "mix.arpa")
@@ -200,3 +201,35 @@ def test_whisper_bases_are_refused(make_server, tmp_path):
                 domain_text="hello there\n")))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
     assert "domain_text needs a CTC base with a lexicon decoder" in e.value.details()
+
+
+def test_job_lm_mixes_the_domain_text_into_the_base_lm(tiny, tmp_path):
+    """A base that carries an LM: the job's LM is one ARPA mixing both, its weight picked on the dev transcripts."""
+    import json
+    import shutil
+
+    from speechadapt.lm import LmBuildConfig, attach, build, read_lm
+    from speechadapt.training.domain_lm import build_job_lm, with_lm
+    from speechadapt.training.tiny import VOCAB
+
+    base = tmp_path / "tiny"
+    shutil.copytree(tiny.store / "tiny" / "1", base)
+    characters = tuple(json.loads((base / "model.json").read_text())["tokenizer"]["tokens"][2:])
+    rng = random.Random(5)
+    (tmp_path / "general.txt").write_text("\n".join(" ".join(rng.choice(VOCAB) for _ in range(4)) for _ in range(80)))
+    build(LmBuildConfig(texts=(str(tmp_path / "general.txt"),), out=str(tmp_path / "general"), broad_words=None,
+                        characters=characters))
+    attach(base, tmp_path / "general")
+    dev_words = [json.loads(line)["text"].split() for line in tiny.dev_manifest.read_text().splitlines()]
+    (tmp_path / "domain.txt").write_text("\n".join(" ".join(w) for w in dev_words[:30]) + "\n")  # like the dev text
+    section = build_job_lm([str(tmp_path / "domain.txt")], base, str(tiny.dev_manifest), characters, tmp_path / "lm")
+    assert section["mode"] == "mixed" and 0.01 <= section["weight"] <= 0.99
+    ppl = section["dev_perplexity"]
+    assert ppl["mixed"] < ppl["base_lm"], section  # the dev text is closer to the domain text than to the base's
+    assert section["weights"][str(section["weight"])] == min(section["weights"].values())
+    lm = read_lm(tmp_path / "lm", characters)
+    assert set(lm.words) == set(read_lm(tmp_path / "general").words) and lm.decoding == read_lm(tmp_path / "general").decoding
+    assert build_job_lm([str(tmp_path / "domain.txt")], base, str(tiny.dev_manifest), characters, tmp_path / "lm") == section
+    pkg = with_lm(base, tmp_path / "lm", tmp_path / "base-with-lm")  # the base's own LM replaced, sha256 listed
+    card = json.loads((pkg / "model.json").read_text())
+    assert card["files"]["lm/lm.arpa"]["sha256"] == lm.info["files"]["lm.arpa"]["sha256"]

@@ -4,9 +4,9 @@ the base package carries an LM, mixed into it.
 - base without an LM: the domain LM as `speechadapt lm build` makes it (order 3, the text's words plus the broad
   word list, so decoding is open beyond the domain's words);
 - base with an LM: a 3-gram model of the domain text alone (its vocabulary is the text's words; the base LM brings
-  the broad one) mixed with the base LM into one ARPA (`speechadapt.ngram.mix_arpa`), the domain weight chosen
-  among 0.1..0.9 by the lowest perplexity on the target dev transcripts (SRILM's compute-best-mix over a grid);
-  decoding settings stay the base LM's.
+  the broad one) mixed with the base LM into one ARPA (`speechadapt.ngram.mix_arpa`), the domain weight the one
+  with the lowest perplexity on the target dev transcripts (EM, as SRILM's compute-best-mix; within 0.01..0.99;
+  the perplexity at 0.1, 0.2, ..., 0.9 is reported too); decoding settings stay the base LM's.
 
 The folder (RUN_DIR/domain_lm: lm.arpa, lexicon.txt, lm.json with a "domain" section) is attached to the candidate
 and to a copy of the base (to measure the base's WER with the domain LM). Built once: a re-run reuses it.

@@ -336,10 +336,12 @@ def perplexity(model: NgramModel, sentences: Iterable[Sequence[str]]) -> float:
 
 
 def best_mix_weight(a: NgramModel, b: NgramModel, sentences: Sequence[Sequence[str]],
-                    weights: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)) -> tuple[float, dict[float, float]]:
-    """The weight of `a` with the lowest perplexity of weight * p_a + (1 - weight) * p_b on `sentences` (SRILM's
-    compute-best-mix over a grid), and the perplexity at every weight. Tokens outside both vocabularies score as
-    each model's <unk>; a word only one model knows has probability 0 in the other."""
+                    weights: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+                    bounds: tuple[float, float] = (0.01, 0.99)) -> tuple[float, dict[float, float]]:
+    """The weight of `a` with the lowest perplexity of weight * p_a + (1 - weight) * p_b on `sentences`, found by
+    EM as SRILM's compute-best-mix does (the log-likelihood is concave in the weight: one optimum), kept within
+    `bounds` and rounded to 3 decimals; and the perplexity at each of `weights` and at the chosen one. Tokens outside
+    both vocabularies score as each model's <unk>; a word only one model knows has probability 0 in the other."""
     va = {g[0] for g in a.grams[0]} - {BOS}
     vb = {g[0] for g in b.grams[0]} - {BOS}
     pairs = []
@@ -351,8 +353,19 @@ def best_mix_weight(a: NgramModel, b: NgramModel, sentences: Sequence[Sequence[s
             pairs.append((_prob(a, va, padded[i], ctx), _prob(b, vb, padded[i], ctx)))
     if not pairs:
         raise ValueError("no sentences to choose a mixing weight on")
-    ppl = {}
-    for w in weights:
-        total = sum(math.log10(max(w * pa + (1 - w) * pb, 1e-99)) for pa, pb in pairs)
-        ppl[w] = 10.0 ** (-total / len(pairs))
-    return min(ppl, key=ppl.get), ppl
+
+    def ppl(w: float) -> float:
+        return 10.0 ** (-sum(math.log10(max(w * pa + (1 - w) * pb, 1e-99)) for pa, pb in pairs) / len(pairs))
+
+    lam = 0.5
+    for _ in range(200):  # EM: the new weight is the mean posterior of `a` over the tokens
+        new = sum(lam * pa / max(lam * pa + (1 - lam) * pb, 1e-300) for pa, pb in pairs) / len(pairs)
+        new = min(max(new, bounds[0]), bounds[1])
+        if abs(new - lam) < 1e-5:
+            lam = new
+            break
+        lam = new
+    lam = round(lam, 3)
+    out = {w: ppl(w) for w in weights}
+    out[lam] = ppl(lam)
+    return lam, out
