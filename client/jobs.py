@@ -225,6 +225,10 @@ def summary_lines(job: Job) -> list[str]:
         for r in rows:
             line = f"  {r[0].ljust(widths[0])}  {r[1].rjust(widths[1])}  {r[2].rjust(widths[2])}  {r[3]}"
             lines.append(line.rstrip())
+    if m.domain_lm_weight is not None:
+        lines.append(f"  domain LM: weight {m.domain_lm_weight:g}, target dev perplexity "
+                     f"{m.domain_lm_dev_perplexity or 0:.1f}; base target WER with it "
+                     f"{format_wer(m.base_target_wer_domain_lm)}")
     if job.state == "SUCCEEDED":
         if job.promoted:
             lines.append(f"promoted: {job.model_ref}" + (f" ({job.reason})" if job.reason else ""))
@@ -241,6 +245,8 @@ def job_details(job: Job) -> list[tuple[str, str]]:
     if job.spec is not None:
         rows += [("name", job.spec.name), ("base model", job.spec.base_model), ("strategy", job.spec.strategy),
                  ("train manifest", job.spec.train_manifest), ("dev manifest", job.spec.dev_manifest)]
+        if job.spec.domain_text:
+            rows.append(("domain text", ", ".join(job.spec.domain_text)))
     if job.progress is not None and not job.ended:
         rows.append(("progress", progress_line(job.progress)))
     rows += [("promoted", ("yes: " + job.model_ref) if job.promoted else ("no" if job.ended else "")),

@@ -233,3 +233,23 @@ def test_job_lm_mixes_the_domain_text_into_the_base_lm(tiny, tmp_path):
     pkg = with_lm(base, tmp_path / "lm", tmp_path / "base-with-lm")  # the base's own LM replaced, sha256 listed
     card = json.loads((pkg / "model.json").read_text())
     assert card["files"]["lm/lm.arpa"]["sha256"] == lm.info["files"]["lm.arpa"]["sha256"]
+
+
+def test_cli_refuses_a_bad_domain_text_before_connecting_and_summarises_the_lm(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from speechadapt.client import jobs as J
+    from speechadapt.client.types import Job, JobMetrics
+
+    (tmp_path / "empty.txt").write_text("")
+    cli = Path(sys.executable).with_name("speechadapt")
+    r = subprocess.run([str(cli), "jobs", "submit", str(_job_file(tmp_path, ["empty.txt", "gone.txt"])),
+                        "--server", "127.0.0.1:1"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "empty.txt" in r.stderr and "gone.txt" in r.stderr and "UNAVAILABLE" not in r.stderr, r.stderr
+    job = Job("j", "SUCCEEDED", promoted=True, metrics=JobMetrics(
+        base_target_wer=0.4, adapted_target_wer=0.2, base_target_wer_domain_lm=0.3, domain_lm_weight=0.962,
+        domain_lm_dev_perplexity=61.64))
+    assert "  domain LM: weight 0.962, target dev perplexity 61.6; base target WER with it 30.0%" in J.summary_lines(job)
