@@ -354,9 +354,10 @@ class JobMetrics:
             base_source_wer=_measured(m.base_source_wer), adapted_source_wer=_measured(m.adapted_source_wer),
             relatedness=_measured(m.relatedness), trained_parameters=m.trained_parameters,
             total_parameters=m.total_parameters,
-            base_target_wer_domain_lm=_measured(m.base_target_wer_domain_lm),
-            domain_lm_weight=_measured(m.domain_lm_weight),
-            domain_lm_dev_perplexity=m.domain_lm_dev_perplexity or None,
+            base_target_wer_domain_lm=_measured(m.base_target_wer_domain_lm)
+            if m.HasField("base_target_wer_domain_lm") else None,
+            domain_lm_weight=m.domain_lm_weight if m.HasField("domain_lm_weight") else None,
+            domain_lm_dev_perplexity=m.domain_lm_dev_perplexity if m.HasField("domain_lm_dev_perplexity") else None,
         )
 
     def wers(self) -> dict[str, float | None]:

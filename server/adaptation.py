@@ -472,6 +472,9 @@ def event_message(job_id: str, ev: dict) -> pb.JobEvent:
     )
 
 
+DOMAIN_LM_METRICS = ("base_target_wer_domain_lm", "domain_lm_weight", "domain_lm_dev_perplexity")  # domain_text jobs
+
+
 def job_message(job: JobRecord, data: DataStore | None = None) -> pb.Job:
     """The record as a Job message; with the data store, a spec's domain text gets its line count (the text itself
     is never echoed: the spec carries its sha256)."""
@@ -489,8 +492,7 @@ def job_message(job: JobRecord, data: DataStore | None = None) -> pb.Job:
             base_source_wer=num("base_source_wer", -1.0), adapted_source_wer=num("adapted_source_wer", -1.0),
             relatedness=num("relatedness", -1.0), trained_parameters=int(num("trained_parameters")),
             total_parameters=int(num("total_parameters")),
-            base_target_wer_domain_lm=num("base_target_wer_domain_lm", -1.0),
-            domain_lm_weight=num("domain_lm_weight", -1.0), domain_lm_dev_perplexity=num("domain_lm_dev_perplexity"),
+            **{k: m[k] for k in DOMAIN_LM_METRICS if isinstance(m.get(k), (int, float))},
         ),
         create_time=_ts(job.create_time), start_time=_ts(job.start_time), end_time=_ts(job.end_time),
         ray_job_id=job.ray_job_id, owner=job.owner,

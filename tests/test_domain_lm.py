@@ -183,6 +183,13 @@ def test_server_stores_domain_text_and_refuses_oversized_text_and_whisper_bases(
     msg = job_message(job, data)
     assert (msg.spec.domain_text, msg.spec.domain_text_sha256, msg.spec.domain_text_lines) == ("", digest, 2000)
     assert len(msg.SerializeToString()) < 1000
+    assert not msg.metrics.HasField("domain_lm_weight")  # a job without domain text: not set
+    store.update(job.id, metrics={"base_target_wer": 0.4, "base_target_wer_domain_lm": 0.3, "domain_lm_weight": 0.962,
+                                  "domain_lm_dev_perplexity": 61.6})
+    from speechadapt.client.types import Job
+
+    m = Job.from_proto(job_message(store.get(job.id), data)).metrics
+    assert (m.base_target_wer_domain_lm, m.domain_lm_weight, m.domain_lm_dev_perplexity) == (0.3, 0.962, 61.6)
     store.close()
     data.close()
 

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fspeechadapt/v1/adaptation.proto\x12\x0espeechadapt.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x05\n\x07JobSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x16\n\x0etrain_manifest\x18\x03 \x01(\t\x12\x14\n\x0c\x64\x65v_manifest\x18\x04 \x01(\t\x12\x1b\n\x13source_dev_manifest\x18\x05 \x01(\t\x12*\n\x08strategy\x18\x06 \x01(\x0e\x32\x18.speechadapt.v1.Strategy\x12\x1a\n\rsource_replay\x18\x07 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\nmax_epochs\x18\x08 \x01(\x05H\x01\x88\x01\x01\x12\x18\n\x0bmax_minutes\x18\t \x01(\x02H\x02\x88\x01\x01\x12\x1a\n\rlearning_rate\x18\n \x01(\x02H\x03\x88\x01\x01\x12\x17\n\nbatch_size\x18\x0b \x01(\x05H\x04\x88\x01\x01\x12\x14\n\x07\x61ugment\x18\x0c \x01(\x08H\x05\x88\x01\x01\x12\x14\n\x07workers\x18\r \x01(\x05H\x06\x88\x01\x01\x12\x1c\n\x0fgpus_per_worker\x18\x0e \x01(\x02H\x07\x88\x01\x01\x12\x11\n\x04seed\x18\x0f \x01(\x03H\x08\x88\x01\x01\x12\"\n\x15max_source_regression\x18\x10 \x01(\x02H\t\x88\x01\x01\x12/\n\x06search\x18\x11 \x01(\x0b\x32\x1a.speechadapt.v1.SearchSpecH\n\x88\x01\x01\x12\x13\n\x0b\x64omain_text\x18\x12 \x01(\t\x12\x1a\n\x12\x64omain_text_sha256\x18\x13 \x01(\t\x12\x19\n\x11\x64omain_text_lines\x18\x14 \x01(\x05\x42\x10\n\x0e_source_replayB\r\n\x0b_max_epochsB\x0e\n\x0c_max_minutesB\x10\n\x0e_learning_rateB\r\n\x0b_batch_sizeB\n\n\x08_augmentB\n\n\x08_workersB\x12\n\x10_gpus_per_workerB\x07\n\x05_seedB\x18\n\x16_max_source_regressionB\t\n\x07_search\"\xa5\x01\n\nSearchSpec\x12\x0e\n\x06trials\x18\x01 \x01(\x05\x12\x16\n\x0e\x62udget_minutes\x18\x02 \x01(\x02\x12,\n\nstrategies\x18\x03 \x03(\x0e\x32\x18.speechadapt.v1.Strategy\x12\x16\n\x0elearning_rates\x18\x04 \x03(\x02\x12\x15\n\rsource_replay\x18\x05 \x03(\x02\x12\x12\n\nconcurrent\x18\x06 \x01(\x05\"\xa0\x02\n\nJobMetrics\x12\x17\n\x0f\x62\x61se_target_wer\x18\x01 \x01(\x01\x12\x1a\n\x12\x61\x64\x61pted_target_wer\x18\x02 \x01(\x01\x12\x17\n\x0f\x62\x61se_source_wer\x18\x03 \x01(\x01\x12\x1a\n\x12\x61\x64\x61pted_source_wer\x18\x04 \x01(\x01\x12\x13\n\x0brelatedness\x18\x05 \x01(\x01\x12\x1a\n\x12trained_parameters\x18\x06 \x01(\x03\x12\x18\n\x10total_parameters\x18\x07 \x01(\x03\x12!\n\x19\x62\x61se_target_wer_domain_lm\x18\x08 \x01(\x01\x12\x18\n\x10\x64omain_lm_weight\x18\t \x01(\x01\x12 \n\x18\x64omain_lm_dev_perplexity\x18\n \x01(\x01\"\xae\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12%\n\x04spec\x18\x02 \x01(\x0b\x32\x17.speechadapt.v1.JobSpec\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.speechadapt.v1.JobState\x12\x10\n\x08promoted\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\x05\x12+\n\x07metrics\x18\x08 \x01(\x0b\x32\x1a.speechadapt.v1.JobMetrics\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x08progress\x18\x0c \x01(\x0b\x32\x18.speechadapt.v1.JobEvent\x12\x12\n\nray_job_id\x18\r \x01(\t\x12\r\n\x05owner\x18\x0e \x01(\t\"W\n\tJobReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0cmetrics_json\x18\x02 \x01(\x0c\x12\x10\n\x08plot_png\x18\x03 \x01(\x0c\x12\x12\n\nsearch_png\x18\x04 \x01(\x0c\"\xf7\x01\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.speechadapt.v1.JobState\x12\r\n\x05phase\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x05 \x01(\x03\x12\x0c\n\x04loss\x18\x06 \x01(\x01\x12\x0f\n\x07\x64\x65v_wer\x18\x07 \x01(\x01\x12&\n\x03\x65ta\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x04time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\n \x01(\t\"9\n\x10SubmitJobRequest\x12%\n\x04spec\x18\x01 \x01(\x0b\x32\x17.speechadapt.v1.JobSpec\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"b\n\x0fListJobsRequest\x12(\n\x06states\x18\x01 \x03(\x0e\x32\x18.speechadapt.v1.JobState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"N\n\x10ListJobsResponse\x12!\n\x04jobs\x18\x01 \x03(\x0b\x32\x13.speechadapt.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1d\n\x0fWatchJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"M\n\tBlobChunk\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\ntotal_size\x18\x02 \x01(\x03\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"/\n\x0eManifestUpload\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"}\n\x11UploadDataRequest\x12)\n\x04\x62lob\x18\x01 \x01(\x0b\x32\x19.speechadapt.v1.BlobChunkH\x00\x12\x32\n\x08manifest\x18\x02 \x01(\x0b\x32\x1e.speechadapt.v1.ManifestUploadH\x00\x42\t\n\x07payload\"m\n\x12UploadDataResponse\x12\x14\n\x0cmanifest_uri\x18\x01 \x01(\t\x12\x12\n\nutterances\x18\x02 \x01(\x05\x12\x15\n\raudio_seconds\x18\x03 \x01(\x01\x12\x16\n\x0e\x62ytes_received\x18\x04 \x01(\x03\"$\n\x12\x43heckUploadRequest\x12\x0e\n\x06sha256\x18\x01 \x03(\t\"E\n\nBlobStatus\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x15\n\rbytes_present\x18\x02 \x01(\x03\x12\x10\n\x08\x63omplete\x18\x03 \x01(\x08\"@\n\x13\x43heckUploadResponse\x12)\n\x05\x62lobs\x18\x01 \x03(\x0b\x32\x1a.speechadapt.v1.BlobStatus*J\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x08\n\x04HEAD\x10\x01\x12\x0c\n\x08\x46INETUNE\x10\x02\x12\x0c\n\x08\x41\x44\x41PTERS\x10\x03*h\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x32\xe3\x04\n\nAdaptation\x12\x42\n\tSubmitJob\x12 .speechadapt.v1.SubmitJobRequest\x1a\x13.speechadapt.v1.Job\x12<\n\x06GetJob\x12\x1d.speechadapt.v1.GetJobRequest\x1a\x13.speechadapt.v1.Job\x12M\n\x08ListJobs\x12\x1f.speechadapt.v1.ListJobsRequest\x1a .speechadapt.v1.ListJobsResponse\x12G\n\x08WatchJob\x12\x1f.speechadapt.v1.WatchJobRequest\x1a\x18.speechadapt.v1.JobEvent0\x01\x12\x42\n\tCancelJob\x12 .speechadapt.v1.CancelJobRequest\x1a\x13.speechadapt.v1.Job\x12U\n\nUploadData\x12!.speechadapt.v1.UploadDataRequest\x1a\".speechadapt.v1.UploadDataResponse(\x01\x12V\n\x0b\x43heckUpload\x12\".speechadapt.v1.CheckUploadRequest\x1a#.speechadapt.v1.CheckUploadResponse\x12H\n\x0cGetJobReport\x12\x1d.speechadapt.v1.GetJobRequest\x1a\x19.speechadapt.v1.JobReportBJP\x01ZFgithub.com/speechadapt/speechadapt/gen/go/speechadapt/v1;speechadaptv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fspeechadapt/v1/adaptation.proto\x12\x0espeechadapt.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x05\n\x07JobSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x16\n\x0etrain_manifest\x18\x03 \x01(\t\x12\x14\n\x0c\x64\x65v_manifest\x18\x04 \x01(\t\x12\x1b\n\x13source_dev_manifest\x18\x05 \x01(\t\x12*\n\x08strategy\x18\x06 \x01(\x0e\x32\x18.speechadapt.v1.Strategy\x12\x1a\n\rsource_replay\x18\x07 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\nmax_epochs\x18\x08 \x01(\x05H\x01\x88\x01\x01\x12\x18\n\x0bmax_minutes\x18\t \x01(\x02H\x02\x88\x01\x01\x12\x1a\n\rlearning_rate\x18\n \x01(\x02H\x03\x88\x01\x01\x12\x17\n\nbatch_size\x18\x0b \x01(\x05H\x04\x88\x01\x01\x12\x14\n\x07\x61ugment\x18\x0c \x01(\x08H\x05\x88\x01\x01\x12\x14\n\x07workers\x18\r \x01(\x05H\x06\x88\x01\x01\x12\x1c\n\x0fgpus_per_worker\x18\x0e \x01(\x02H\x07\x88\x01\x01\x12\x11\n\x04seed\x18\x0f \x01(\x03H\x08\x88\x01\x01\x12\"\n\x15max_source_regression\x18\x10 \x01(\x02H\t\x88\x01\x01\x12/\n\x06search\x18\x11 \x01(\x0b\x32\x1a.speechadapt.v1.SearchSpecH\n\x88\x01\x01\x12\x13\n\x0b\x64omain_text\x18\x12 \x01(\t\x12\x1a\n\x12\x64omain_text_sha256\x18\x13 \x01(\t\x12\x19\n\x11\x64omain_text_lines\x18\x14 \x01(\x05\x42\x10\n\x0e_source_replayB\r\n\x0b_max_epochsB\x0e\n\x0c_max_minutesB\x10\n\x0e_learning_rateB\r\n\x0b_batch_sizeB\n\n\x08_augmentB\n\n\x08_workersB\x12\n\x10_gpus_per_workerB\x07\n\x05_seedB\x18\n\x16_max_source_regressionB\t\n\x07_search\"\xa5\x01\n\nSearchSpec\x12\x0e\n\x06trials\x18\x01 \x01(\x05\x12\x16\n\x0e\x62udget_minutes\x18\x02 \x01(\x02\x12,\n\nstrategies\x18\x03 \x03(\x0e\x32\x18.speechadapt.v1.Strategy\x12\x16\n\x0elearning_rates\x18\x04 \x03(\x02\x12\x15\n\rsource_replay\x18\x05 \x03(\x02\x12\x12\n\nconcurrent\x18\x06 \x01(\x05\"\xff\x02\n\nJobMetrics\x12\x17\n\x0f\x62\x61se_target_wer\x18\x01 \x01(\x01\x12\x1a\n\x12\x61\x64\x61pted_target_wer\x18\x02 \x01(\x01\x12\x17\n\x0f\x62\x61se_source_wer\x18\x03 \x01(\x01\x12\x1a\n\x12\x61\x64\x61pted_source_wer\x18\x04 \x01(\x01\x12\x13\n\x0brelatedness\x18\x05 \x01(\x01\x12\x1a\n\x12trained_parameters\x18\x06 \x01(\x03\x12\x18\n\x10total_parameters\x18\x07 \x01(\x03\x12&\n\x19\x62\x61se_target_wer_domain_lm\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x1d\n\x10\x64omain_lm_weight\x18\t \x01(\x01H\x01\x88\x01\x01\x12%\n\x18\x64omain_lm_dev_perplexity\x18\n \x01(\x01H\x02\x88\x01\x01\x42\x1c\n\x1a_base_target_wer_domain_lmB\x13\n\x11_domain_lm_weightB\x1b\n\x19_domain_lm_dev_perplexity\"\xae\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12%\n\x04spec\x18\x02 \x01(\x0b\x32\x17.speechadapt.v1.JobSpec\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.speechadapt.v1.JobState\x12\x10\n\x08promoted\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\x05\x12+\n\x07metrics\x18\x08 \x01(\x0b\x32\x1a.speechadapt.v1.JobMetrics\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x08progress\x18\x0c \x01(\x0b\x32\x18.speechadapt.v1.JobEvent\x12\x12\n\nray_job_id\x18\r \x01(\t\x12\r\n\x05owner\x18\x0e \x01(\t\"W\n\tJobReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0cmetrics_json\x18\x02 \x01(\x0c\x12\x10\n\x08plot_png\x18\x03 \x01(\x0c\x12\x12\n\nsearch_png\x18\x04 \x01(\x0c\"\xf7\x01\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.speechadapt.v1.JobState\x12\r\n\x05phase\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x05 \x01(\x03\x12\x0c\n\x04loss\x18\x06 \x01(\x01\x12\x0f\n\x07\x64\x65v_wer\x18\x07 \x01(\x01\x12&\n\x03\x65ta\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x04time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\n \x01(\t\"9\n\x10SubmitJobRequest\x12%\n\x04spec\x18\x01 \x01(\x0b\x32\x17.speechadapt.v1.JobSpec\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"b\n\x0fListJobsRequest\x12(\n\x06states\x18\x01 \x03(\x0e\x32\x18.speechadapt.v1.JobState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"N\n\x10ListJobsResponse\x12!\n\x04jobs\x18\x01 \x03(\x0b\x32\x13.speechadapt.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1d\n\x0fWatchJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"M\n\tBlobChunk\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\ntotal_size\x18\x02 \x01(\x03\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"/\n\x0eManifestUpload\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"}\n\x11UploadDataRequest\x12)\n\x04\x62lob\x18\x01 \x01(\x0b\x32\x19.speechadapt.v1.BlobChunkH\x00\x12\x32\n\x08manifest\x18\x02 \x01(\x0b\x32\x1e.speechadapt.v1.ManifestUploadH\x00\x42\t\n\x07payload\"m\n\x12UploadDataResponse\x12\x14\n\x0cmanifest_uri\x18\x01 \x01(\t\x12\x12\n\nutterances\x18\x02 \x01(\x05\x12\x15\n\raudio_seconds\x18\x03 \x01(\x01\x12\x16\n\x0e\x62ytes_received\x18\x04 \x01(\x03\"$\n\x12\x43heckUploadRequest\x12\x0e\n\x06sha256\x18\x01 \x03(\t\"E\n\nBlobStatus\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x15\n\rbytes_present\x18\x02 \x01(\x03\x12\x10\n\x08\x63omplete\x18\x03 \x01(\x08\"@\n\x13\x43heckUploadResponse\x12)\n\x05\x62lobs\x18\x01 \x03(\x0b\x32\x1a.speechadapt.v1.BlobStatus*J\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x08\n\x04HEAD\x10\x01\x12\x0c\n\x08\x46INETUNE\x10\x02\x12\x0c\n\x08\x41\x44\x41PTERS\x10\x03*h\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x32\xe3\x04\n\nAdaptation\x12\x42\n\tSubmitJob\x12 .speechadapt.v1.SubmitJobRequest\x1a\x13.speechadapt.v1.Job\x12<\n\x06GetJob\x12\x1d.speechadapt.v1.GetJobRequest\x1a\x13.speechadapt.v1.Job\x12M\n\x08ListJobs\x12\x1f.speechadapt.v1.ListJobsRequest\x1a .speechadapt.v1.ListJobsResponse\x12G\n\x08WatchJob\x12\x1f.speechadapt.v1.WatchJobRequest\x1a\x18.speechadapt.v1.JobEvent0\x01\x12\x42\n\tCancelJob\x12 .speechadapt.v1.CancelJobRequest\x1a\x13.speechadapt.v1.Job\x12U\n\nUploadData\x12!.speechadapt.v1.UploadDataRequest\x1a\".speechadapt.v1.UploadDataResponse(\x01\x12V\n\x0b\x43heckUpload\x12\".speechadapt.v1.CheckUploadRequest\x1a#.speechadapt.v1.CheckUploadResponse\x12H\n\x0cGetJobReport\x12\x1d.speechadapt.v1.GetJobRequest\x1a\x19.speechadapt.v1.JobReportBJP\x01ZFgithub.com/speechadapt/speechadapt/gen/go/speechadapt/v1;speechadaptv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,48 +34,48 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'speechadapt.v1.adaptation_p
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'P\001ZFgithub.com/speechadapt/speechadapt/gen/go/speechadapt/v1;speechadaptv1'
-  _globals['_STRATEGY']._serialized_start=2942
-  _globals['_STRATEGY']._serialized_end=3016
-  _globals['_JOBSTATE']._serialized_start=3018
-  _globals['_JOBSTATE']._serialized_end=3122
+  _globals['_STRATEGY']._serialized_start=3037
+  _globals['_STRATEGY']._serialized_end=3111
+  _globals['_JOBSTATE']._serialized_start=3113
+  _globals['_JOBSTATE']._serialized_end=3217
   _globals['_JOBSPEC']._serialized_start=117
   _globals['_JOBSPEC']._serialized_end=837
   _globals['_SEARCHSPEC']._serialized_start=840
   _globals['_SEARCHSPEC']._serialized_end=1005
   _globals['_JOBMETRICS']._serialized_start=1008
-  _globals['_JOBMETRICS']._serialized_end=1296
-  _globals['_JOB']._serialized_start=1299
-  _globals['_JOB']._serialized_end=1729
-  _globals['_JOBREPORT']._serialized_start=1731
-  _globals['_JOBREPORT']._serialized_end=1818
-  _globals['_JOBEVENT']._serialized_start=1821
-  _globals['_JOBEVENT']._serialized_end=2068
-  _globals['_SUBMITJOBREQUEST']._serialized_start=2070
-  _globals['_SUBMITJOBREQUEST']._serialized_end=2127
-  _globals['_GETJOBREQUEST']._serialized_start=2129
-  _globals['_GETJOBREQUEST']._serialized_end=2156
-  _globals['_LISTJOBSREQUEST']._serialized_start=2158
-  _globals['_LISTJOBSREQUEST']._serialized_end=2256
-  _globals['_LISTJOBSRESPONSE']._serialized_start=2258
-  _globals['_LISTJOBSRESPONSE']._serialized_end=2336
-  _globals['_WATCHJOBREQUEST']._serialized_start=2338
-  _globals['_WATCHJOBREQUEST']._serialized_end=2367
-  _globals['_CANCELJOBREQUEST']._serialized_start=2369
-  _globals['_CANCELJOBREQUEST']._serialized_end=2399
-  _globals['_BLOBCHUNK']._serialized_start=2401
-  _globals['_BLOBCHUNK']._serialized_end=2478
-  _globals['_MANIFESTUPLOAD']._serialized_start=2480
-  _globals['_MANIFESTUPLOAD']._serialized_end=2527
-  _globals['_UPLOADDATAREQUEST']._serialized_start=2529
-  _globals['_UPLOADDATAREQUEST']._serialized_end=2654
-  _globals['_UPLOADDATARESPONSE']._serialized_start=2656
-  _globals['_UPLOADDATARESPONSE']._serialized_end=2765
-  _globals['_CHECKUPLOADREQUEST']._serialized_start=2767
-  _globals['_CHECKUPLOADREQUEST']._serialized_end=2803
-  _globals['_BLOBSTATUS']._serialized_start=2805
-  _globals['_BLOBSTATUS']._serialized_end=2874
-  _globals['_CHECKUPLOADRESPONSE']._serialized_start=2876
-  _globals['_CHECKUPLOADRESPONSE']._serialized_end=2940
-  _globals['_ADAPTATION']._serialized_start=3125
-  _globals['_ADAPTATION']._serialized_end=3736
+  _globals['_JOBMETRICS']._serialized_end=1391
+  _globals['_JOB']._serialized_start=1394
+  _globals['_JOB']._serialized_end=1824
+  _globals['_JOBREPORT']._serialized_start=1826
+  _globals['_JOBREPORT']._serialized_end=1913
+  _globals['_JOBEVENT']._serialized_start=1916
+  _globals['_JOBEVENT']._serialized_end=2163
+  _globals['_SUBMITJOBREQUEST']._serialized_start=2165
+  _globals['_SUBMITJOBREQUEST']._serialized_end=2222
+  _globals['_GETJOBREQUEST']._serialized_start=2224
+  _globals['_GETJOBREQUEST']._serialized_end=2251
+  _globals['_LISTJOBSREQUEST']._serialized_start=2253
+  _globals['_LISTJOBSREQUEST']._serialized_end=2351
+  _globals['_LISTJOBSRESPONSE']._serialized_start=2353
+  _globals['_LISTJOBSRESPONSE']._serialized_end=2431
+  _globals['_WATCHJOBREQUEST']._serialized_start=2433
+  _globals['_WATCHJOBREQUEST']._serialized_end=2462
+  _globals['_CANCELJOBREQUEST']._serialized_start=2464
+  _globals['_CANCELJOBREQUEST']._serialized_end=2494
+  _globals['_BLOBCHUNK']._serialized_start=2496
+  _globals['_BLOBCHUNK']._serialized_end=2573
+  _globals['_MANIFESTUPLOAD']._serialized_start=2575
+  _globals['_MANIFESTUPLOAD']._serialized_end=2622
+  _globals['_UPLOADDATAREQUEST']._serialized_start=2624
+  _globals['_UPLOADDATAREQUEST']._serialized_end=2749
+  _globals['_UPLOADDATARESPONSE']._serialized_start=2751
+  _globals['_UPLOADDATARESPONSE']._serialized_end=2860
+  _globals['_CHECKUPLOADREQUEST']._serialized_start=2862
+  _globals['_CHECKUPLOADREQUEST']._serialized_end=2898
+  _globals['_BLOBSTATUS']._serialized_start=2900
+  _globals['_BLOBSTATUS']._serialized_end=2969
+  _globals['_CHECKUPLOADRESPONSE']._serialized_start=2971
+  _globals['_CHECKUPLOADRESPONSE']._serialized_end=3035
+  _globals['_ADAPTATION']._serialized_start=3220
+  _globals['_ADAPTATION']._serialized_end=3831
 # @@protoc_insertion_point(module_scope)
