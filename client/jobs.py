@@ -43,7 +43,9 @@ def load_spec(spec: SpecLike) -> JobSpec | pb.JobSpec:
 
 
 def spec_proto(spec: JobSpec | pb.JobSpec) -> pb.JobSpec:
-    return spec if isinstance(spec, pb.JobSpec) else spec.to_proto()
+    """The request's spec: a JobSpec's domain_text files are read now and their text sent (JobSpecError when one
+    is missing, empty, not UTF-8, or all together over 4 MiB)."""
+    return spec if isinstance(spec, pb.JobSpec) else spec.to_proto(domain_text=spec.read_domain_text())
 
 
 def local_manifests(spec: JobSpec | pb.JobSpec) -> dict[str, LocalManifest]:
@@ -223,6 +225,10 @@ def summary_lines(job: Job) -> list[str]:
         for r in rows:
             line = f"  {r[0].ljust(widths[0])}  {r[1].rjust(widths[1])}  {r[2].rjust(widths[2])}  {r[3]}"
             lines.append(line.rstrip())
+    if m.domain_lm_weight is not None:
+        lines.append(f"  domain LM: weight {m.domain_lm_weight:g}, target dev perplexity "
+                     f"{m.domain_lm_dev_perplexity or 0:.1f}; base target WER with it "
+                     f"{format_wer(m.base_target_wer_domain_lm)}")
     if job.state == "SUCCEEDED":
         if job.promoted:
             lines.append(f"promoted: {job.model_ref}" + (f" ({job.reason})" if job.reason else ""))
@@ -239,6 +245,8 @@ def job_details(job: Job) -> list[tuple[str, str]]:
     if job.spec is not None:
         rows += [("name", job.spec.name), ("base model", job.spec.base_model), ("strategy", job.spec.strategy),
                  ("train manifest", job.spec.train_manifest), ("dev manifest", job.spec.dev_manifest)]
+        if job.spec.domain_text:
+            rows.append(("domain text", ", ".join(job.spec.domain_text)))
     if job.progress is not None and not job.ended:
         rows.append(("progress", progress_line(job.progress)))
     rows += [("promoted", ("yes: " + job.model_ref) if job.promoted else ("no" if job.ended else "")),

@@ -341,6 +341,9 @@ class JobMetrics:
     relatedness: float | None = None
     trained_parameters: int = 0
     total_parameters: int = 0
+    base_target_wer_domain_lm: float | None = None  # jobs with domain_text: the base decoded with the domain LM
+    domain_lm_weight: float | None = None  # the domain text's weight in the mixed LM (1.0: no base LM to mix)
+    domain_lm_dev_perplexity: float | None = None  # target dev transcripts under the candidate's LM
 
     WERS = ("base_target_wer", "adapted_target_wer", "base_source_wer", "adapted_source_wer")
 
@@ -351,6 +354,10 @@ class JobMetrics:
             base_source_wer=_measured(m.base_source_wer), adapted_source_wer=_measured(m.adapted_source_wer),
             relatedness=_measured(m.relatedness), trained_parameters=m.trained_parameters,
             total_parameters=m.total_parameters,
+            base_target_wer_domain_lm=_measured(m.base_target_wer_domain_lm)
+            if m.HasField("base_target_wer_domain_lm") else None,
+            domain_lm_weight=m.domain_lm_weight if m.HasField("domain_lm_weight") else None,
+            domain_lm_dev_perplexity=m.domain_lm_dev_perplexity if m.HasField("domain_lm_dev_perplexity") else None,
         )
 
     def wers(self) -> dict[str, float | None]:

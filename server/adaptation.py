@@ -51,7 +51,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from speechadapt.asr.data_access import access_error, access_problems, real_roots
 from speechadapt.asr.store import disk_full
-from speechadapt.jobspec import DATA_URI, JobSpec, JobSpecError
+from speechadapt.jobspec import DATA_URI, MAX_DOMAIN_TEXT_BYTES, TEXT_URI, JobSpec, JobSpecError
 from speechadapt.quote import quote
 from speechadapt.server.auth import CALLER, Caller
 from speechadapt.server.datastore import DataStore, UploadError, check_sha
@@ -184,7 +184,13 @@ class JobManager:
             v = getattr(spec, key)
             if v.startswith(DATA_URI):
                 values[key] = str(self.data.resolve(v))
-        return dataclasses.replace(spec, **values)
+        texts = []
+        for v in spec.domain_text:
+            path = self.data.text_path(v[len(TEXT_URI):]) if v.startswith(TEXT_URI) else None
+            if v.startswith(TEXT_URI) and path is None:
+                raise LookupError(f"domain_text {v}: not in this server's data store; send the text again")
+            texts.append(str(path) if path else v)
+        return dataclasses.replace(spec, **values, domain_text=texts)
 
     def _command(self, job: JobRecord) -> str:
         run = Path(job.run_dir)
@@ -466,7 +472,12 @@ def event_message(job_id: str, ev: dict) -> pb.JobEvent:
     )
 
 
-def job_message(job: JobRecord) -> pb.Job:
+DOMAIN_LM_METRICS = ("base_target_wer_domain_lm", "domain_lm_weight", "domain_lm_dev_perplexity")  # domain_text jobs
+
+
+def job_message(job: JobRecord, data: DataStore | None = None) -> pb.Job:
+    """The record as a Job message; with the data store, a spec's domain text gets its line count (the text itself
+    is never echoed: the spec carries its sha256)."""
     m = job.metrics or {}
 
     def num(key, default=0.0):
@@ -481,13 +492,17 @@ def job_message(job: JobRecord) -> pb.Job:
             base_source_wer=num("base_source_wer", -1.0), adapted_source_wer=num("adapted_source_wer", -1.0),
             relatedness=num("relatedness", -1.0), trained_parameters=int(num("trained_parameters")),
             total_parameters=int(num("total_parameters")),
+            **{k: m[k] for k in DOMAIN_LM_METRICS if isinstance(m.get(k), (int, float))},
         ),
         create_time=_ts(job.create_time), start_time=_ts(job.start_time), end_time=_ts(job.end_time),
         ray_job_id=job.ray_job_id, owner=job.owner,
     )
     if job.progress:
         msg.progress.CopyFrom(event_message(job.id, job.progress))
+    if data is not None and msg.spec.domain_text_sha256:
+        msg.spec.domain_text_lines = data.text_lines(msg.spec.domain_text_sha256)
     return msg
+
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -597,6 +612,7 @@ class AdaptationService(pb_grpc.AdaptationServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"base_model {quote(spec.base_model)} cannot be used: {e}")
         except ValueError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"base_model: {e}")
+        spec = await self._domain_text(request.spec, spec, read_card(base.path), context)
         roots = self.manager.data_roots
         denied = await asyncio.to_thread(access_problems, {k: getattr(spec, k) for k in MANIFEST_KEYS}, roots)
         if denied:  # before anything reads the files
@@ -630,7 +646,35 @@ class AdaptationService(pb_grpc.AdaptationServicer):
                                     f"({e}): the job was not recorded; submit it again when the server has space")
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"the server cannot record the job in its state "
                                 f"dir {state} ({e}); nothing was recorded")
-        return job_message(job)
+        return job_message(job, self.data)
+
+    async def _domain_text(self, msg, spec: JobSpec, card, context) -> JobSpec:
+        """Check and store the request's domain text; the spec then names it as text://<sha256> (records never hold
+        the text itself)."""
+        text, sha = msg.domain_text, msg.domain_text_sha256
+        if not text and not sha:
+            return spec
+        if card.architecture == "whisper" or card.tokenizer.get("type") != "char":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"domain_text needs a CTC base with a lexicon "
+                                f"decoder: base_model {quote(spec.base_model)} is {card.architecture} (a word LM does "
+                                "not steer its decoding); drop domain_text or adapt a conformer-CTC base such as base-en")
+        if text:
+            size = len(text.encode("utf-8"))
+            if size > MAX_DOMAIN_TEXT_BYTES:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"domain_text: {size} bytes, over the limit of "
+                                    f"{MAX_DOMAIN_TEXT_BYTES} ({MAX_DOMAIN_TEXT_BYTES // 2**20} MiB); keep the most "
+                                    "typical sentences")
+            if not re.search(r"[A-Za-z0-9]", text):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "domain_text has no words: send sentences of "
+                                    "the target domain, one or more a line")
+            try:
+                sha, _ = await asyncio.to_thread(self.data.put_text, text)
+            except UploadError as e:
+                await context.abort(e.code, str(e))
+        elif self.data.text_path(sha) is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"domain_text_sha256 {quote(sha)}: this server "
+                                "holds no such domain text; send the text itself in domain_text")
+        return dataclasses.replace(spec, domain_text=[TEXT_URI + sha])
 
     def _in_client_terms(self, problem: str, spec: JobSpec, resolved: JobSpec) -> str:
         """A problem about server-side files, in the names the client used: data URIs and blob sha256s."""
@@ -641,7 +685,7 @@ class AdaptationService(pb_grpc.AdaptationServicer):
         return re.sub(re.escape(blobs) + r"/[0-9a-f]{2}/([0-9a-f]{64})", r"blob \1", problem)
 
     async def GetJob(self, request, context):
-        return job_message(await self._job(request.id, context))
+        return job_message(await self._job(request.id, context), self.data)
 
     async def ListJobs(self, request, context):
         caller = await self._caller(context)
@@ -665,7 +709,7 @@ class AdaptationService(pb_grpc.AdaptationServicer):
         jobs = self.store.list(states, limit=size + 1, before_seq=before, owner=owner)
         more = len(jobs) > size
         jobs = jobs[:size]
-        return pb.ListJobsResponse(jobs=[job_message(j) for j in jobs],
+        return pb.ListJobsResponse(jobs=[job_message(j, self.data) for j in jobs],
                                    next_page_token=str(jobs[-1].seq) if more and jobs else "")
 
     async def WatchJob(self, request, context):
@@ -694,7 +738,7 @@ class AdaptationService(pb_grpc.AdaptationServicer):
     async def CancelJob(self, request, context):
         job = await self._job(request.id, context)
         try:
-            return job_message(await self.manager.cancel(job.id))
+            return job_message(await self.manager.cancel(job.id), self.data)
         except ValueError as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
 

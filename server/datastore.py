@@ -313,6 +313,35 @@ class DataStore:
         sha = uri[len(DATA_URI):] if uri.startswith(DATA_URI) else ""
         return bool(_SHA.match(sha)) and (self.root / "manifests" / f"{sha}.jsonl").is_file()
 
+    # -- domain text (JobSpec.domain_text): texts/<sha>.txt and texts/<sha>.json {"bytes", "lines"}
+
+    def put_text(self, text: str) -> tuple[str, int]:
+        """Store a job's domain text content-addressed; returns (sha256 of its UTF-8 bytes, lines)."""
+        content = text.encode("utf-8")
+        sha = hashlib.sha256(content).hexdigest()
+        folder = self.root / "texts"
+        lines = text.count("\n") + (0 if text.endswith("\n") else 1)
+        if not (folder / f"{sha}.txt").is_file():
+            self._check_disk(len(content), "domain text")
+            try:
+                folder.mkdir(exist_ok=True)
+                _atomic_write(folder / f"{sha}.json", json.dumps({"bytes": len(content), "lines": lines}).encode())
+                _atomic_write(folder / f"{sha}.txt", content)
+            except OSError as e:
+                raise storage_error(e, self.root, "domain text") from None
+        return sha, lines
+
+    def text_path(self, sha: str) -> Path | None:
+        """The stored domain text `sha`, or None when this server does not hold it."""
+        path = self.root / "texts" / f"{sha}.txt"
+        return path if _SHA.match(sha) and path.is_file() else None
+
+    def text_lines(self, sha: str) -> int:
+        try:
+            return int(json.loads((self.root / "texts" / f"{sha}.json").read_text())["lines"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
     def resolve(self, uri: str) -> Path:
         """`data://<sha>` -> a manifest file on this machine with absolute audio paths. LookupError when unknown."""
         if not self.known(uri):

@@ -456,7 +456,9 @@ def test_adapters_job_publishes_a_better_version(tmp_path, store, target, tiny):
     from speechadapt.asr import evaluate, load_model
     from speechadapt.asr.package import read_card
 
-    code, events, log, run_dir = _adapt(tmp_path, store, _spec(target, strategy="adapters", max_epochs=20, source_replay=0.25), timeout=420)
+    domain = [str(_sentences(tmp_path / "domain.txt", 60, 13))]  # target-domain text: a word LM for the candidate
+    spec = _spec(target, strategy="adapters", max_epochs=20, source_replay=0.25, domain_text=domain)
+    code, events, log, run_dir = _adapt(tmp_path, store, spec, timeout=420)
     assert code == 0, log[-6000:]
     phases = [e["phase"] for e in events]
     assert phases[0] == "validate" and phases[-1] == "result" and "error" not in phases
@@ -477,6 +479,12 @@ def test_adapters_job_publishes_a_better_version(tmp_path, store, target, tiny):
           f"trained {m['trained_parameters']}/{m['total_parameters']}")
     assert result["promoted"] and result["model"] == "tiny-scottish" and result["version"] == 1, result
     assert m["adapted_target_wer"] < m["base_target_wer"]
+    # domain_text: tiny has no LM, so the domain LM (its text + the broad word list) is the candidate's LM
+    print(f"domain LM: base target dev WER {m['base_target_wer']:.3f}, with the domain LM "
+          f"{m['base_target_wer_domain_lm']:.3f}; dev perplexity {m['domain_lm_dev_perplexity']:.1f}")
+    assert m["domain_lm_weight"] == 1.0 and 1 < m["domain_lm_dev_perplexity"] < 60  # 20 words in any order
+    assert 0 <= m["base_target_wer_domain_lm"] <= 1
+    assert any(e["message"].startswith("domain LM built (the base has none)") for e in events)
     assert m["adapted_source_wer"] - m["base_source_wer"] <= 0.02
     assert 0 <= m["relatedness"] <= 1 and m["trained_parameters"] <= 0.05 * m["total_parameters"]
     assert m["total_parameters"] == load_model("tiny@1", store=store).net.num_parameters()
@@ -488,6 +496,14 @@ def test_adapters_job_publishes_a_better_version(tmp_path, store, target, tiny):
     assert lin["base_model"] == "tiny@1" and lin["strategy"] == "adapters" and lin["job_id"] == "job-1"
     assert lin["spec"]["train_manifest"] == str(target[0]) and lin["metrics"] == m
     assert lin["source_domain"]["vocabulary"] and lin["lora_rank"] >= 1
+    from speechadapt.lm import read_lm, sha256_file
+
+    pkg = store / "tiny-scottish" / "1"
+    for name in ("lm.arpa", "lexicon.txt", "lm.json"):  # the domain LM travels in the package, sha256-checked
+        assert card.files[f"lm/{name}"]["sha256"] == sha256_file(pkg / "lm" / name)
+    lm = read_lm(pkg / "lm")
+    assert lm.info["domain"]["mode"] == "domain only" and lm.info["order"] == 3 and len(lm.words) > 10000
+    assert lm.info["domain"]["text"][0]["sha256"] == sha256_file(domain[0])
     adapted = load_model("tiny-scottish", store=store)
     assert evaluate(adapted, target[1]).wer == pytest.approx(m["adapted_target_wer"])
     assert sorted(p.name for p in (store / "tiny-scottish").iterdir()) == ["1"]  # no temp folders
@@ -504,13 +520,16 @@ def test_adapters_job_publishes_a_better_version(tmp_path, store, target, tiny):
     report = json.loads((run_dir / "report" / "metrics.json").read_text())
     assert report["relatedness"] == rel
     assert report["decision"]["promoted"] and report["metrics"] == m and report["spec"]["name"] == "tiny-scottish"
+    assert report["domain_lm"]["base_target_wer_domain_lm"] == m["base_target_wer_domain_lm"]
+    assert report["domain_lm"]["dev_perplexity"]["domain_lm"] == m["domain_lm_dev_perplexity"]
     evals = [h["dev_wer"] for h in report["history"] if h.get("event") == "eval"]
-    # the best checkpoint was picked with the serving decoder (beam search over the lexicon): the gate's WER
-    assert evals and min(evals) == pytest.approx(m["adapted_target_wer"], abs=0.02)
+    # the best checkpoint was picked with the serving decoder's closed lexicon (beam search); the gate decodes it
+    # with the domain LM on top
+    assert evals and 0 <= min(evals) <= m["base_target_wer"]
     assert (run_dir / "report" / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # the same command again: already finished, nothing new published
-    code, events, _, _ = _adapt(tmp_path, store, _spec(target, strategy="adapters", max_epochs=20, source_replay=0.25), timeout=120)
+    code, events, _, _ = _adapt(tmp_path, store, spec, timeout=120)
     assert code == 0 and [e["phase"] for e in events] == ["result"] and events[0]["result"] == result
     assert sorted(p.name for p in (store / "tiny-scottish").iterdir()) == ["1"]
 

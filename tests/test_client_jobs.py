@@ -611,6 +611,7 @@ JOB_KEYS = {"base_model": "tiny@1", "train_manifest": "data/train.jsonl", "dev_m
             "source_dev_manifest": "data/source_dev.jsonl", "strategy": "head", "max_epochs": 1,
             "max_minutes": 2.0, "batch_size": 16, "augment": False, "seed": 0}
 SEARCH = {"trials": 2, "strategies": ["head"]}
+DOMAIN_TEXT = "go stop\nyes no up down\nleft right go\n"
 MANIFESTS = (("train_manifest", "train.jsonl"), ("dev_manifest", "dev.jsonl"), ("source_dev_manifest", "source_dev.jsonl"))
 
 
@@ -666,7 +667,8 @@ def finished_job(real_server, job_folder):
     epoch of tiny's first ~30 s of training audio (2 steps a trial), 5 + 5 dev utterances to evaluate on."""
     pytest.importorskip("ray", reason="adaptation jobs need the training extra (ray)")
     spec = job_folder / "job.yaml"
-    spec.write_text(yaml.safe_dump({"name": "tiny-cli", **JOB_KEYS, "search": SEARCH}))
+    (job_folder / "domain.txt").write_text(DOMAIN_TEXT)  # the job's domain_text: sent as text, a word LM for the candidate
+    spec.write_text(yaml.safe_dump({"name": "tiny-cli", **JOB_KEYS, "search": SEARCH, "domain_text": "domain.txt"}))
     r = run_cli("jobs", "submit", str(spec), "--upload", "--server", real_server.address, "--wait", "--json",
                 timeout=840)
     try:
@@ -768,6 +770,12 @@ def test_cli_submit_wait_json_is_exactly_the_record(real_server, finished_job):
               if p in ("queued", "validate", "baseline", "train", "evaluate", "result", "done")]
     assert phases == ["queued", "validate", "baseline", "train", "evaluate", "result", "done"]
     assert any(re.match(r"train  step \d+/\d+  loss \d", x) for x in lines[10:])  # a measured training loss
+    # domain_text went as text: the record names it by sha256 and line count, never echoes it; the job built its LM
+    spec = f.proto.spec
+    assert (spec.domain_text, spec.domain_text_sha256, spec.domain_text_lines) == \
+        ("", hashlib.sha256(DOMAIN_TEXT.encode()).hexdigest(), 3)
+    assert f.proto.metrics.domain_lm_weight == 1.0 and f.proto.metrics.HasField("base_target_wer_domain_lm")
+    assert json.loads(f.report.metrics_json)["domain_lm"]["mode"] == "domain only"
 
 
 @pytest.mark.slow

@@ -840,6 +840,31 @@ class JobContext:
     training: dict = field(default_factory=dict)
 
 
+def domain_lm_phase(spec, state: JobContext, run_dir: Path, characters: tuple[str, ...]) -> dict:
+    """Build (or mix) the domain LM, attach it to the candidate, and measure the base with it on target dev.
+    Returns the report's "domain_lm": the LM summary (training/domain_lm.py) + base_target_wer_domain_lm."""
+    from speechadapt.asr.inference import load_model
+    from speechadapt.lm import attach
+    from speechadapt.training.domain_lm import build_job_lm, with_lm
+
+    t0 = time.monotonic()
+    emit(event("evaluate", message=f"building the domain LM from {len(spec.domain_text)} text file(s)"))
+    lm_dir = run_dir / "domain_lm"
+    section = build_job_lm(spec.domain_text, state.base_path, spec.dev_manifest, characters, lm_dir)
+    ppl = section["dev_perplexity"]
+    if section["mode"] == "mixed":
+        emit(event("evaluate", message=f"domain LM mixed into the base's LM at weight {section['weight']:g} "
+                   f"(target dev perplexity: base LM {ppl['base_lm']:.1f}, domain text alone {ppl['domain_lm']:.1f}, "
+                   f"mixed {ppl['mixed']:.1f}; {time.monotonic() - t0:.0f} s)"))
+    else:
+        emit(event("evaluate", message=f"domain LM built (the base has none): target dev perplexity "
+                   f"{ppl['domain_lm']:.1f} ({time.monotonic() - t0:.0f} s)"))
+    attach(run_dir / CANDIDATE, lm_dir)
+    base_lm = load_model(with_lm(Path(state.base_path), lm_dir, run_dir / "base_domain_lm"))
+    wer = _measure(base_lm, Path(spec.dev_manifest), "evaluate", "base model with the domain LM: target dev")
+    return {**section, "base_target_wer": state.baseline["base_target_wer"], "base_target_wer_domain_lm": wer}
+
+
 def _measure(model, manifest: Path, phase: str, what: str, step: int = 0) -> float:
     from speechadapt.asr.evaluation import evaluate
 
@@ -890,7 +915,8 @@ def run_job(args: JobArgs) -> int:
         from speechadapt.asr.data_access import UPLOAD_HINT, access_problems, real_roots
 
         roots = real_roots(args.data_roots)
-        denied = access_problems({k: getattr(spec, k) for k in ("train_manifest", "dev_manifest", "source_dev_manifest")}, roots)
+        denied = access_problems({**{k: getattr(spec, k) for k in ("train_manifest", "dev_manifest", "source_dev_manifest")},
+                                  **{f"domain_text[{i}]": v for i, v in enumerate(spec.domain_text)}}, roots)
         if denied:
             raise JobInputError(denied + [f"the job may read only files under {', '.join(roots)}: {UPLOAD_HINT}"])
     try:
@@ -900,6 +926,10 @@ def run_job(args: JobArgs) -> int:
     except (ModelNotFound, PackageError, ValueError) as e:
         raise JobInputError([f"base_model {spec.base_model!r}: {e}"]) from None
     problems = check_job_data(spec, tokenizer)
+    if spec.domain_text and (card.architecture == "whisper" or card.tokenizer.get("type") != "char"):
+        problems.append(f"domain_text needs a CTC base with a lexicon decoder: base_model {spec.base_model!r} is "
+                        f"{card.architecture}; drop domain_text or adapt a conformer-CTC base such as base-en")
+    problems += [f"domain_text {v}: not a readable file" for v in spec.domain_text if not Path(v).is_file()]
     if problems:
         raise JobInputError(problems)
     target_utterances = len(read_manifest(spec.train_manifest))
@@ -983,14 +1013,20 @@ def run_job(args: JobArgs) -> int:
     # -- evaluate
     from speechadapt.asr.inference import load_model
 
-    candidate = load_model(run_dir / CANDIDATE, store=store)
     steps = int(summary.get("steps", 0))
+    lm_report = domain_lm_phase(spec, state, run_dir, tuple(card.tokenizer["tokens"][2:])) if spec.domain_text else None
+    candidate = load_model(run_dir / CANDIDATE, store=store)
     at = _measure(candidate, Path(spec.dev_manifest), "evaluate", "adapted model: target dev", steps)
     as_ = _measure(candidate, source_dev, "evaluate", "adapted model: source dev", steps)
     metrics = {"base_target_wer": baseline["base_target_wer"], "adapted_target_wer": at,
                "base_source_wer": baseline["base_source_wer"], "adapted_source_wer": as_,
                "relatedness": baseline["relatedness"], "trained_parameters": int(summary["trained_parameters"]),
                "total_parameters": int(summary["total_parameters"])}
+    if lm_report is not None:
+        metrics.update(base_target_wer_domain_lm=lm_report["base_target_wer_domain_lm"],
+                       domain_lm_weight=lm_report["weight"],
+                       domain_lm_dev_perplexity=lm_report["dev_perplexity"].get("mixed",
+                                                                                lm_report["dev_perplexity"]["domain_lm"]))
     decision = decide(metrics, spec.max_source_regression)
 
     # -- publish
@@ -1033,6 +1069,8 @@ def run_job(args: JobArgs) -> int:
               "training": {k: v for k, v in summary.items() if k not in ("history", "search")}, "history": summary.get("history", [])}
     if "search" in summary:
         report["search"] = summary["search"]
+    if lm_report is not None:
+        report["domain_lm"] = lm_report
     write_report(report_dir, report, summary.get("history", []), metrics["base_target_wer"])
     if "search" in summary:
         search.write_plot(report_dir / "search.png", summary["search"]["trials"], metrics["base_target_wer"],

@@ -31,6 +31,8 @@ from speechadapt.quote import quote
 
 STRATEGIES = ("auto", "head", "finetune", "adapters")  # auto: chosen by the job (training.adapt.choose_defaults)
 DATA_URI = "data://"
+TEXT_URI = "text://"  # domain text the server holds, named by the sha256 of its UTF-8 bytes
+MAX_DOMAIN_TEXT_BYTES = 4 * 1024 * 1024  # domain_text on the wire (all files together; half the server's 8 MiB message limit)
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -99,6 +101,9 @@ class JobSpec:
     seed: int = 0
     max_source_regression: float = 0.02  # promotion gate: largest allowed source WER rise (absolute, 0..1)
     search: SearchSpec | None = None  # a search over strategy / learning rate / replay instead of one run
+    # text files of the target domain (one or more sentences a line): the job builds a word LM from them, mixed
+    # into the base's LM when it has one. The client sends their text; server records hold text://<sha256>.
+    domain_text: list[str] = field(default_factory=list)
 
     # -- conversions
 
@@ -108,8 +113,11 @@ class JobSpec:
 
         if not isinstance(data, dict):
             raise JobSpecError([f"{where}: expected a mapping of keys to values, got {type(data).__name__}"])
+        if isinstance(data.get("domain_text"), str):  # one file: `domain_text: kitchen.txt`
+            data = {**data, "domain_text": [data["domain_text"]]}
         missing = [f.name for f in dataclasses.fields(cls)
-                   if f.default is dataclasses.MISSING and data.get(f.name) in (None, "")]
+                   if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                   and data.get(f.name) in (None, "")]
         if missing:
             raise JobSpecError([f"{where}: missing required key {k!r}" for k in missing])
         try:
@@ -142,8 +150,12 @@ class JobSpec:
             raise JobSpecError([f"cannot read job spec {path}: {e.strerror or e}"]) from None
         except yaml.YAMLError as e:
             raise JobSpecError([f"{path} is not valid YAML: {e}"]) from None
-        spec = cls.from_dict(data, str(path))
-        return spec.resolve_paths(path.parent)
+        spec = cls.from_dict(data, str(path)).resolve_paths(path.parent)
+        try:
+            spec.read_domain_text()  # bad domain text files are the job file's problem, found before any network
+        except JobSpecError as e:
+            raise JobSpecError([f"{path}: {p}" for p in e.problems]) from None
+        return spec
 
     def resolve_paths(self, base: str | Path) -> "JobSpec":
         """Relative manifest paths taken relative to `base` (the YAML file's folder), made absolute."""
@@ -152,7 +164,41 @@ class JobSpec:
             v = getattr(out, key)
             if v and "://" not in v and not Path(v).is_absolute():
                 setattr(out, key, str((Path(base) / v).resolve()))
+        out.domain_text = [v if "://" in v or Path(v).is_absolute() else str((Path(base) / v).resolve())
+                           for v in self.domain_text]
         return out
+
+    def read_domain_text(self) -> str:
+        """The text of the `domain_text` files, joined (what `to_proto(domain_text=...)` sends): every file must
+        exist, be UTF-8 and hold words, and all together at most MAX_DOMAIN_TEXT_BYTES (JobSpecError lists every
+        problem). text:// URIs (the server's copy, as a job record names it) are left to the server."""
+        parts, problems, size = [], [], 0
+        for v in self.domain_text:
+            if v.startswith(TEXT_URI):
+                continue
+            try:
+                raw = Path(v).read_bytes()
+            except OSError as e:
+                problems.append(f"domain_text {quote(v)}: cannot read it ({e.strerror or e}); give a text file, "
+                                "relative to the job file")
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                problems.append(f"domain_text {quote(v)}: not UTF-8 text (byte {e.start}); save it as UTF-8")
+                continue
+            if not re.search(r"[A-Za-z0-9]", text):
+                problems.append(f"domain_text {quote(v)}: the file is empty (no words); give sentences of the "
+                                "target domain, one or more a line")
+                continue
+            size += len(raw)
+            parts.append(text if text.endswith("\n") else text + "\n")
+        if size > MAX_DOMAIN_TEXT_BYTES:
+            problems.append(f"domain_text: {size} bytes in all, over the limit of {MAX_DOMAIN_TEXT_BYTES} "
+                            f"({MAX_DOMAIN_TEXT_BYTES // 2**20} MiB); keep the most typical sentences")
+        if problems:
+            raise JobSpecError(problems)
+        return "".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -162,7 +208,9 @@ class JobSpec:
 
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def to_proto(self):
+    def to_proto(self, domain_text: str = ""):
+        """The proto; `domain_text`: the text to send (the client passes `read_domain_text()`). Paths in
+        self.domain_text are never sent; a text:// URI goes as domain_text_sha256 (text the server holds)."""
         from speechadapt.v1 import adaptation_pb2 as pb
 
         msg = pb.JobSpec(
@@ -175,6 +223,10 @@ class JobSpec:
         )
         if self.learning_rate is not None:
             msg.learning_rate = self.learning_rate
+        msg.domain_text = domain_text
+        uris = [v[len(TEXT_URI):] for v in self.domain_text if v.startswith(TEXT_URI)]
+        if uris and not domain_text:
+            msg.domain_text_sha256 = uris[0]
         if self.source_replay is not None:
             msg.source_replay = self.source_replay
         if self.search is not None:
@@ -212,6 +264,8 @@ class JobSpec:
                 "strategies": [strategy(v) for v in s.strategies],
                 "learning_rates": [round(v, 7) for v in s.learning_rates],
                 "source_replay": [round(v, 7) for v in s.source_replay]}
+        if msg.domain_text_sha256 and not msg.domain_text:  # a job record, or text the server already holds
+            data["domain_text"] = [TEXT_URI + msg.domain_text_sha256]
         return cls.from_dict(data, "spec")
 
     # -- checks on the values (the data itself is checked by speechadapt.asr.manifest.check_manifest)
@@ -251,4 +305,12 @@ class JobSpec:
             p.append(f"max_source_regression {self.max_source_regression}: an absolute WER rise in [0, 1] (0.02 = 2 points)")
         if self.search is not None:
             p += self.search.problems()
+        if not isinstance(self.domain_text, list) or not all(isinstance(v, str) and v for v in self.domain_text):
+            p.append(f"domain_text {self.domain_text!r}: give a text file or a list of text files")
+        else:
+            for v in self.domain_text:
+                if v.startswith(TEXT_URI) and not _SHA.match(v[len(TEXT_URI):]):
+                    p.append(f"domain_text {quote(v)}: a text URI is text://<64 hex digits of sha256>")
+                elif "://" in v and not v.startswith(TEXT_URI):
+                    p.append(f"domain_text {quote(v)}: give a local text file (the client sends its text)")
         return p

@@ -20,7 +20,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from speechadapt.ngram import BOS, EOS, UNK, estimate
+from speechadapt.ngram import BOS, EOS, UNK, NgramModel, estimate
 
 ARPA, LEXICON, INFO = "lm.arpa", "lexicon.txt", "lm.json"
 FORMAT = "speechadapt-lm/1"
@@ -132,17 +132,7 @@ def build(cfg: LmBuildConfig) -> dict:
     except ValueError as e:
         raise LmError(str(e)) from e
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.write_arpa(out / ARPA)
-    vocab = sorted(g[0] for g in model.grams[0] if g[0] not in (BOS, EOS, UNK))
-    (out / LEXICON).write_text("".join(f"{w}\t{' '.join(w)} |\n" for w in vocab), encoding="utf-8")
-    info = {
-        "format": FORMAT,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "order": cfg.order,
-        "counts": {str(n): c for n, c in model.counts.items()},
-        "vocabulary": len(vocab),
+    return write_lm(model, cfg.out, cfg.characters, cfg.decoding, {
         "text_words": len(keep),
         "sources": sources,
         "broad_words": broad,
@@ -152,8 +142,26 @@ def build(cfg: LmBuildConfig) -> dict:
         "smoothing": "interpolated modified Kneser-Ney",
         "discounts": {str(n + 1): list(d) for n, d in enumerate(model.discounts)},
         "discount_fallback_orders": list(model.fallback_orders),
-        "characters": "".join(cfg.characters),
-        "decoding": dict(cfg.decoding),
+    })
+
+
+def write_lm(model: NgramModel, out: str | Path, characters: tuple[str, ...], decoding: dict, about: dict) -> dict:
+    """An LM folder from a model: lm.arpa, lexicon.txt (every unigram but <s>, </s>, <unk>) and lm.json (`about`
+    plus order, counts, vocabulary, characters, decoding and each file's sha256). Returns lm.json's content."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.write_arpa(out / ARPA)
+    vocab = sorted(g[0] for g in model.grams[0] if g[0] not in (BOS, EOS, UNK))
+    (out / LEXICON).write_text("".join(f"{w}\t{' '.join(w)} |\n" for w in vocab), encoding="utf-8")
+    info = {
+        "format": FORMAT,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "order": model.order,
+        "counts": {str(n): c for n, c in model.counts.items()},
+        "vocabulary": len(vocab),
+        **about,
+        "characters": "".join(characters),
+        "decoding": dict(decoding),
         "files": {n: {"sha256": sha256_file(out / n), "bytes": (out / n).stat().st_size} for n in (ARPA, LEXICON)},
     }
     _write_json(out / INFO, info)

@@ -258,3 +258,114 @@ def read_arpa(path: str | Path) -> NgramModel:
     if not grams:
         raise ValueError(f"{path} is not an ARPA file: no n-gram sections")
     return NgramModel(len(grams), tuple(grams), (), ())
+
+
+# -- mixing two models (static linear interpolation, as SRILM's `ngram -mix-lm`) and perplexity
+
+
+def _prob(model: NgramModel, vocab: set[str], word: str, context: Sequence[str]) -> float:
+    """p(word | context) in one model, 0 for a word outside its vocabulary (its <unk> stands for other words)."""
+    if word not in vocab and word != UNK:
+        return 0.0
+    return 10.0 ** model.logprob(word, context)
+
+
+def mix_arpa(a: NgramModel, b: NgramModel, weight: float) -> NgramModel:
+    """One backoff model for weight * p_a + (1 - weight) * p_b.
+
+    Every n-gram listed in either model is listed with the exact mixture of the two models' probabilities (each
+    model's own backoff filling what it does not list; a word outside a model's vocabulary has probability 0 there,
+    so `<unk>` is mixed as one event); the backoff weight of each context h is then recomputed from the mixed model
+    itself, (1 - sum of listed p(w | h)) / (1 - sum of those w's p(w | h')), so that every context's distribution
+    sums to 1. Unlisted n-grams are approximated by backing off (as any static mix of backoff models)."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"mixing weight must be in [0, 1], got {weight}")
+    order = max(a.order, b.order)
+    va = {g[0] for g in a.grams[0]} - {BOS}
+    vb = {g[0] for g in b.grams[0]} - {BOS}
+    grams: list[dict[Gram, tuple[float, float | None]]] = [dict() for _ in range(order)]
+    for n in range(order):
+        listed = set(a.grams[n] if n < a.order else ()) | set(b.grams[n] if n < b.order else ())
+        for g in listed:
+            if g == (BOS,):
+                grams[n][g] = (NO_PROB, None)
+                continue
+            w, h = g[-1], g[:-1]
+            p = weight * _prob(a, va, w, h) + (1.0 - weight) * _prob(b, vb, w, h)
+            grams[n][g] = (math.log10(p) if p > 0 else NO_PROB, None)
+    # contexts of order n + 1 exist only where their (n + 1)-gram is listed; ARPA needs every prefix listed too
+    for n in range(order - 1, 0, -1):
+        for g in list(grams[n]):
+            if g[:-1] not in grams[n - 1]:
+                w, h = g[-2], g[:-2]
+                p = weight * _prob(a, va, w, h) + (1.0 - weight) * _prob(b, vb, w, h)
+                grams[n - 1][g[:-1]] = (math.log10(p) if p > 0 else NO_PROB, None)
+    continuations: list[dict[Gram, list[Gram]]] = [defaultdict(list) for _ in range(order)]
+    for n in range(1, order):
+        for g in grams[n]:
+            continuations[n][g[:-1]].append(g)
+    model = NgramModel(order, tuple(grams), (), ())
+    for n in range(order - 1):  # backoffs of contexts of order n + 1, lowest first: each uses only lower orders
+        for h in list(grams[n]):
+            conts = continuations[n + 1].get(h, [])
+            num = 1.0 - sum(10.0 ** grams[n + 1][g][0] for g in conts)
+            den = 1.0 - sum(10.0 ** model.logprob(g[-1], h[1:]) for g in conts)
+            if num <= 1e-12 or den <= 1e-12:
+                bo = NO_PROB if num <= 1e-12 else 0.0
+            else:
+                bo = math.log10(num / den)
+            grams[n][h] = (grams[n][h][0], bo)
+    return model
+
+
+def sentence_logprobs(model: NgramModel, sentences: Iterable[Sequence[str]]) -> list[float]:
+    """log10 p of every token of `<s> sentence </s>` after <s> (a word outside the vocabulary scores as <unk>)."""
+    out = []
+    for words in sentences:
+        padded = (BOS, *words, EOS)
+        for i in range(1, len(padded)):
+            out.append(model.logprob(padded[i], padded[max(0, i - model.order + 1):i]))
+    return out
+
+
+def perplexity(model: NgramModel, sentences: Iterable[Sequence[str]]) -> float:
+    lps = sentence_logprobs(model, sentences)
+    if not lps:
+        raise ValueError("no sentences to measure perplexity on")
+    return 10.0 ** (-sum(lps) / len(lps))
+
+
+def best_mix_weight(a: NgramModel, b: NgramModel, sentences: Sequence[Sequence[str]],
+                    weights: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+                    bounds: tuple[float, float] = (0.01, 0.99)) -> tuple[float, dict[float, float]]:
+    """The weight of `a` with the lowest perplexity of weight * p_a + (1 - weight) * p_b on `sentences`, found by
+    EM as SRILM's compute-best-mix does (the log-likelihood is concave in the weight: one optimum), kept within
+    `bounds` and rounded to 3 decimals; and the perplexity at each of `weights` and at the chosen one. Tokens outside
+    both vocabularies score as each model's <unk>; a word only one model knows has probability 0 in the other."""
+    va = {g[0] for g in a.grams[0]} - {BOS}
+    vb = {g[0] for g in b.grams[0]} - {BOS}
+    pairs = []
+    for words in sentences:
+        words = [w if w in va or w in vb else UNK for w in words]
+        padded = (BOS, *words, EOS)
+        for i in range(1, len(padded)):
+            ctx = padded[max(0, i - max(a.order, b.order) + 1):i]
+            pairs.append((_prob(a, va, padded[i], ctx), _prob(b, vb, padded[i], ctx)))
+    if not pairs:
+        raise ValueError("no sentences to choose a mixing weight on")
+
+    def ppl(w: float) -> float:
+        return 10.0 ** (-sum(math.log10(max(w * pa + (1 - w) * pb, 1e-99)) for pa, pb in pairs) / len(pairs))
+
+    lam = 0.5
+    for _ in range(200):  # EM: the new weight is the mean posterior of `a` over the tokens
+        new = sum(lam * pa / max(lam * pa + (1 - lam) * pb, 1e-300) for pa, pb in pairs) / len(pairs)
+        new = min(max(new, bounds[0]), bounds[1])
+        if abs(new - lam) < 1e-5:
+            lam = new
+            break
+        lam = new
+    lam = round(lam, 3)
+    out = {w: ppl(w) for w in weights}
+    out[lam] = ppl(lam)
+    return lam, out

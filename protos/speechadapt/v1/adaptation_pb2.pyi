@@ -38,7 +38,7 @@ FAILED: JobState
 CANCELLED: JobState
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "base_model", "train_manifest", "dev_manifest", "source_dev_manifest", "strategy", "source_replay", "max_epochs", "max_minutes", "learning_rate", "batch_size", "augment", "workers", "gpus_per_worker", "seed", "max_source_regression", "search")
+    __slots__ = ("name", "base_model", "train_manifest", "dev_manifest", "source_dev_manifest", "strategy", "source_replay", "max_epochs", "max_minutes", "learning_rate", "batch_size", "augment", "workers", "gpus_per_worker", "seed", "max_source_regression", "search", "domain_text", "domain_text_sha256", "domain_text_lines")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     TRAIN_MANIFEST_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,9 @@ class JobSpec(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     MAX_SOURCE_REGRESSION_FIELD_NUMBER: _ClassVar[int]
     SEARCH_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_TEXT_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_TEXT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_TEXT_LINES_FIELD_NUMBER: _ClassVar[int]
     name: str
     base_model: str
     train_manifest: str
@@ -73,7 +76,10 @@ class JobSpec(_message.Message):
     seed: int
     max_source_regression: float
     search: SearchSpec
-    def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., train_manifest: _Optional[str] = ..., dev_manifest: _Optional[str] = ..., source_dev_manifest: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., source_replay: _Optional[float] = ..., max_epochs: _Optional[int] = ..., max_minutes: _Optional[float] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., augment: _Optional[bool] = ..., workers: _Optional[int] = ..., gpus_per_worker: _Optional[float] = ..., seed: _Optional[int] = ..., max_source_regression: _Optional[float] = ..., search: _Optional[_Union[SearchSpec, _Mapping]] = ...) -> None: ...
+    domain_text: str
+    domain_text_sha256: str
+    domain_text_lines: int
+    def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., train_manifest: _Optional[str] = ..., dev_manifest: _Optional[str] = ..., source_dev_manifest: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., source_replay: _Optional[float] = ..., max_epochs: _Optional[int] = ..., max_minutes: _Optional[float] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., augment: _Optional[bool] = ..., workers: _Optional[int] = ..., gpus_per_worker: _Optional[float] = ..., seed: _Optional[int] = ..., max_source_regression: _Optional[float] = ..., search: _Optional[_Union[SearchSpec, _Mapping]] = ..., domain_text: _Optional[str] = ..., domain_text_sha256: _Optional[str] = ..., domain_text_lines: _Optional[int] = ...) -> None: ...
 
 class SearchSpec(_message.Message):
     __slots__ = ("trials", "budget_minutes", "strategies", "learning_rates", "source_replay", "concurrent")
@@ -92,7 +98,7 @@ class SearchSpec(_message.Message):
     def __init__(self, trials: _Optional[int] = ..., budget_minutes: _Optional[float] = ..., strategies: _Optional[_Iterable[_Union[Strategy, str]]] = ..., learning_rates: _Optional[_Iterable[float]] = ..., source_replay: _Optional[_Iterable[float]] = ..., concurrent: _Optional[int] = ...) -> None: ...
 
 class JobMetrics(_message.Message):
-    __slots__ = ("base_target_wer", "adapted_target_wer", "base_source_wer", "adapted_source_wer", "relatedness", "trained_parameters", "total_parameters")
+    __slots__ = ("base_target_wer", "adapted_target_wer", "base_source_wer", "adapted_source_wer", "relatedness", "trained_parameters", "total_parameters", "base_target_wer_domain_lm", "domain_lm_weight", "domain_lm_dev_perplexity")
     BASE_TARGET_WER_FIELD_NUMBER: _ClassVar[int]
     ADAPTED_TARGET_WER_FIELD_NUMBER: _ClassVar[int]
     BASE_SOURCE_WER_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +106,9 @@ class JobMetrics(_message.Message):
     RELATEDNESS_FIELD_NUMBER: _ClassVar[int]
     TRAINED_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    BASE_TARGET_WER_DOMAIN_LM_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_LM_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_LM_DEV_PERPLEXITY_FIELD_NUMBER: _ClassVar[int]
     base_target_wer: float
     adapted_target_wer: float
     base_source_wer: float
@@ -107,7 +116,10 @@ class JobMetrics(_message.Message):
     relatedness: float
     trained_parameters: int
     total_parameters: int
-    def __init__(self, base_target_wer: _Optional[float] = ..., adapted_target_wer: _Optional[float] = ..., base_source_wer: _Optional[float] = ..., adapted_source_wer: _Optional[float] = ..., relatedness: _Optional[float] = ..., trained_parameters: _Optional[int] = ..., total_parameters: _Optional[int] = ...) -> None: ...
+    base_target_wer_domain_lm: float
+    domain_lm_weight: float
+    domain_lm_dev_perplexity: float
+    def __init__(self, base_target_wer: _Optional[float] = ..., adapted_target_wer: _Optional[float] = ..., base_source_wer: _Optional[float] = ..., adapted_source_wer: _Optional[float] = ..., relatedness: _Optional[float] = ..., trained_parameters: _Optional[int] = ..., total_parameters: _Optional[int] = ..., base_target_wer_domain_lm: _Optional[float] = ..., domain_lm_weight: _Optional[float] = ..., domain_lm_dev_perplexity: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "spec", "state", "promoted", "reason", "model", "version", "metrics", "create_time", "start_time", "end_time", "progress", "ray_job_id", "owner")
