@@ -3,7 +3,26 @@
 for every adaptation strategy and for the same architecture trained from scratch, plus source WER (forgetting).
 
     python bench/transfer_curve.py [--model base-en] [--sizes 1,2,5,10] [--strategies head,finetune,adapters]
-        [--minutes-per-run 3] [--target-accent en-gb-scotland] [--source-replay 0.5] [--quick]
+        [--minutes-per-run 3] [--target-accent en-gb-scotland] [--source-replay 0.5] [--no-default] [--quick]
+    python bench/transfer_curve.py --model whisper-tiny-en     # the default model: see "Whisper" below
+
+Beside the strategies, every size has a `default` row: the adaptation job with the four required keys only
+(name, base_model, train_manifest, dev_manifest), i.e. what a user gets: strategy and source replay `auto`
+(training/adapt.py choose_defaults), the job's own max_epochs 30 / max_minutes 10, its own source dev set.
+Its budget is the job's, not --minutes-per-run, so it is reported beside the strategies, not among them in
+the targets.
+
+Whisper (--model whisper-tiny-en, or any model whose name or card says whisper; built from the bundled
+weights when missing): Whisper is open-vocabulary, so the sets are ordinary English from `speechadapt data
+text` (training/corpus_text.py, 4-16 words: its train split for the target pool, dev and source dev sets, its
+test split for both test sets), scored with the served Whisper decoding (CTranslate2, the card's decoding)
+on normalised text (numbers spelled out). Target accent en-gb-scotland as for base-en (the two curves compare):
+on 16 test-split sentences x 4 unseen speakers the base reads en-us at 27.9% WER, en-gb-scotland at 46.8%
+(en-029 34.2%, en-gb-x-gbclan 33.3%, en-us-nyc 36.9%, en-gb-x-gbcwmd 54.1%), so it is clearly worse there.
+No scratch rows (see WHISPER_NO_SCRATCH) and no FSDD row (bench/speaker_adapt.py covers real speakers).
+Budgets use STEP_SECONDS_WHISPER (bench/whisper_step_time.py: head 3.6 s, adapters 4.4 s, finetune 42 s a
+step), so the default Whisper run is 1, 5, 10 min x (head, adapters, default) with 2 min per run, 0.25 source
+replay (the job's own for Whisper), 60 + 60 test utterances: about 90 minutes on the 2-core machine.
 
 Data (synthesised with espeak-ng in the base model's closed vocabulary, sentence lengths, speed and pitch,
 read from its training corpus summary or model card; cached in --workdir under a hash of their recipe):
@@ -95,7 +114,7 @@ WHISPER = "whisper"
 # Whisper (whisper-tiny-en) seconds per step, batch 16 (12 target + 4 replay utterances of ~12 words), one torch
 # thread, on the same 2-core machine: `python bench/whisper_step_time.py` (head and adapters on cached encoder
 # outputs; finetune runs the encoder's 30 s window forward and back for every utterance of every step).
-STEP_SECONDS_WHISPER = {"head": 3.55, "adapters": 4.4, "finetune": 30.0}
+STEP_SECONDS_WHISPER = {"head": 3.55, "adapters": 4.4, "finetune": 42.0}
 WHISPER_TARGET = "en-gb-scotland"  # the default target accent of the Whisper curve (see option_defaults)
 WHISPER_NO_SCRATCH = ("skipped for Whisper: a 39M-parameter encoder-decoder trained from random weights on 1-10 "
                       "minutes of audio with a few minutes of CPU learns nothing usable; the comparison that matters "
@@ -947,7 +966,7 @@ def option_defaults(family: str, quick: bool) -> dict:
     """Defaults of the options left unset. Whisper steps are ~5x slower than base-en's on the 2-core machine, every
     Whisper job caches encoder outputs (~0.5 s an utterance) and scoring decodes a 15-30 s window per utterance, so
     its full run has 3 sizes x (head, adapters, the default job) in 2-minute budgets and smaller test sets (~90 min
-    in all); finetune (~30 s a step: the encoder forward and back for every utterance) is left out."""
+    in all); finetune (~42 s a step: the encoder forward and back for every utterance) is left out."""
     if family == WHISPER:
         return {"sizes": [0.5] if quick else [1.0, 5.0, 10.0],
                 "strategies": ["head"] if quick else ["head", "adapters"],
