@@ -833,8 +833,10 @@ def tables(result: dict) -> str:
             cells.append("-" if r is None or r.get("target_wer") is None else
                          f"{_pct(r['target_wer'])} ({_pct(r['source_wer'])})")
         out.append(f"| {size:g} min ({sub['audio_minutes']:.2f}) | {sub['utterances']} | " + " | ".join(cells) + " |")
-    out += ["", f"Per run (greedy: the same models decoded without the lexicon; base {_pct(base.get('target_greedy_wer'))} "
-                f"target, {_pct(base.get('source_greedy_wer'))} source):", "",
+    greedy = (f"greedy: the same models decoded without the lexicon; base {_pct(base.get('target_greedy_wer'))} "
+              f"target, {_pct(base.get('source_greedy_wer'))} source") if base.get("target_greedy_wer") is not None \
+        else "greedy: - (the served decoding only)"
+    out += ["", f"Per run ({greedy}):", "",
             "| target audio | model | target WER | greedy | rel. cut vs base | source WER | greedy | source change "
             "(points) | steps | train s | gate |",
             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
@@ -950,7 +952,8 @@ def plot(result: dict, path: Path) -> None:
         ax2.text(0.02, 0.02, f"scratch models: {100 * min(scratch_src):.0f}-{100 * max(scratch_src):.0f}% (not drawn)",
                  transform=ax2.transAxes, fontsize=8, color="tab:gray")
     minutes = result["settings"]["minutes_per_run"]
-    fig.suptitle(f"transfer curve: {result['model']}, {minutes:g} min of training per run", fontsize=11)
+    fig.suptitle(f"transfer curve: {result['model']}, {minutes:g} min of training per run"
+                 + (" (default job: its own budget)" if DEFAULT_JOB in models else ""), fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.png")
@@ -1104,7 +1107,9 @@ def main(argv: list[str] | None = None) -> int:
     if whisper:
         decoder["base"] = {"kind": "the served Whisper decoding (CTranslate2 beam search, card.decoding; texts "
                                    "normalised, numbers spelled out, before scoring)",
-                           **(base_model.card.decoding if isinstance(base_model.card.decoding, dict) else {})}
+                           **(base_model.card.decoding if isinstance(base_model.card.decoding, dict) else {}),
+                           "note": "adapted packages are served as their cards say: with the 30 s window they were "
+                                   "trained on (min_window_s 30), the base with its 15 s window"}
     elif getattr(base_model, "lexicon", None) and beam is not None and hasattr(beam, "cfg"):
         decoder["base"] = {"kind": "beam search over the model's lexicon", "lexicon_words": len(base_model.lexicon),
                            **beam.cfg.to_dict()}
@@ -1176,9 +1181,9 @@ def main(argv: list[str] | None = None) -> int:
                      "workers": 1, "cpus_per_worker": args.cpus_per_worker, "seed": args.seed, "quick": args.quick,
                      "no_scratch": args.no_scratch, "step_seconds_assumed": step_seconds(args.family),
                      "train_share": TRAIN_SHARE, "default_job": not args.no_default,
-                     "default_job_spec": "the four required keys only (name, base_model, train_manifest, "
-                                         "dev_manifest): strategy and source_replay auto, the job's own max_epochs "
-                                         "(30), max_minutes (10), batch, learning rate, gate and source dev set",
+                     "default_job_spec": "name, base_model, train_manifest, dev_manifest: strategy and "
+                                         "source_replay auto, the job's own max_epochs (30), max_minutes (10), "
+                                         "batch, learning rate, gate and source dev set",
                      "scratch_note": WHISPER_NO_SCRATCH if whisper else None,
                      "ray": "private local head (127.0.0.1)" if not args.ray_address else args.ray_address,
                      "runs_dir": str(runs_root), "scoring_threads": args.threads},

@@ -163,6 +163,7 @@ def test_tables_show_default_and_old_results_still_render(tc):
 
     old = json.loads((BENCH.parent / "results" / "transfer_curve.json").read_text())
     assert "default" not in tc.tables(old)  # results written before the default row: unchanged columns
+    assert tc.tables(old) + "\n\n" + tc.targets_text(old["targets"]) == old["markdown"]  # and the same text
     new = json.loads(json.dumps(old))
     new["settings"].update(default_job=True, default_job_spec="four keys", no_scratch=True, scratch_note="why not")
     size = new["settings"]["sizes"][0]
