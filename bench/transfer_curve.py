@@ -74,7 +74,8 @@ whose source WER rose <= 1 point) cuts the base's target test WER by >= 60% rela
 strategy beats scratch at every size.
 
 Prints markdown tables; writes JSON to --out (default bench/results/transfer_curve.json, with --quick
-transfer_curve.quick.json) and a PNG beside it. --quick: 1 minute, head only, 0.5 min per run, small test sets.
+transfer_curve.quick.json; other models: transfer_curve.MODEL[.quick].json) and a PNG beside it. --quick: 1 minute,
+head and the default job, 0.5 min per run, small test sets (Whisper: 0.5 minute, ~10 min in all).
 """
 
 from __future__ import annotations
@@ -426,7 +427,7 @@ def build_data(args, info: bm.TrainingInfo, workdir: Path) -> dict:
     pool_minutes = max(max(args.sizes), POOL_MINUTES) + 0.25  # one pool whatever --sizes: the same N-minute sets
     pool_count = math.ceil(pool_minutes * 60 / 1.2) + 20  # more sentences than the pool can use (~2.4 s each)
     if whisper:
-        pool_count = math.ceil(pool_minutes * 60 / 2.5) + 20  # natural sentences of 4-16 words: ~4 s each
+        pool_count = math.ceil(pool_minutes * 60 / 2.5) + 20  # 4-16 words: ~2.8 s each (217 for 10.26 min)
         pool_text, dev_text, source_dev_text = split_texts(
             natural_sentences(workdir, "train", seed, pool_count + 2 * args.dev_utterances),
             [pool_count, args.dev_utterances, args.dev_utterances])
