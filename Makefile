@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR ?= .cache/demo
 
-.PHONY: install system-deps test demo proto proto-check bench bench-transfer clean base-en base-en-ship
+.PHONY: install system-deps test demo proto proto-check bench bench-transfer bench-transfer-whisper clean base-en base-en-ship
 
 # espeak-ng, flite and festival (+ its kal, ked and slt voices) make synthetic speech (`data synth --engines`);
 # fortunes (BSD) and wordnet-base (WordNet 3.0 licence) give natural English training text (`data text`).
@@ -103,7 +103,8 @@ base-en-ship:
 	cp $(BASE_DIR)/bench/base_model.json bench/results/base_model.json
 	cp $(BASE_DIR)/bench/base_model_no_lm.json bench/results/base_model_no_lm.json
 
-# Benchmarks (results: bench/results/*.json and the README). transfer_curve takes about 70 min on 2 cores.
+# Benchmarks (results: bench/results/*.json and the README). transfer_curve takes about 70 min on 2 cores
+# (+ ~30 min for its default-job rows), its Whisper run (bench-transfer-whisper) about 90 min.
 bench: install
 	$(PY) bench/base_model.py --model base-en --per-accent 30
 	$(PY) bench/phrase_boost.py
@@ -111,6 +112,9 @@ bench: install
 
 bench-transfer: install
 	$(PY) bench/transfer_curve.py
+
+bench-transfer-whisper: install
+	$(PY) bench/transfer_curve.py --model whisper-tiny-en
 
 clean:
 	rm -rf .cache build *.egg-info .pytest_cache

@@ -3,7 +3,26 @@
 for every adaptation strategy and for the same architecture trained from scratch, plus source WER (forgetting).
 
     python bench/transfer_curve.py [--model base-en] [--sizes 1,2,5,10] [--strategies head,finetune,adapters]
-        [--minutes-per-run 3] [--target-accent en-gb-scotland] [--source-replay 0.5] [--quick]
+        [--minutes-per-run 3] [--target-accent en-gb-scotland] [--source-replay 0.5] [--no-default] [--quick]
+    python bench/transfer_curve.py --model whisper-tiny-en     # the default model: see "Whisper" below
+
+Beside the strategies, every size has a `default` row: the adaptation job with the four required keys only
+(name, base_model, train_manifest, dev_manifest), i.e. what a user gets: strategy and source replay `auto`
+(training/adapt.py choose_defaults), the job's own max_epochs 30 / max_minutes 10, its own source dev set.
+Its budget is the job's, not --minutes-per-run, so it is reported beside the strategies, not among them in
+the targets.
+
+Whisper (--model whisper-tiny-en, or any model whose name or card says whisper; built from the bundled
+weights when missing): Whisper is open-vocabulary, so the sets are ordinary English from `speechadapt data
+text` (training/corpus_text.py, 4-16 words: its train split for the target pool, dev and source dev sets, its
+test split for both test sets), scored with the served Whisper decoding (CTranslate2, the card's decoding)
+on normalised text (numbers spelled out). Target accent en-gb-scotland as for base-en (the two curves compare):
+on 16 test-split sentences x 4 unseen speakers the base reads en-us at 27.9% WER, en-gb-scotland at 46.8%
+(en-029 34.2%, en-gb-x-gbclan 33.3%, en-us-nyc 36.9%, en-gb-x-gbcwmd 54.1%), so it is clearly worse there.
+No scratch rows (see WHISPER_NO_SCRATCH) and no FSDD row (bench/speaker_adapt.py covers real speakers).
+Budgets use STEP_SECONDS_WHISPER (bench/whisper_step_time.py: head 3.6 s, adapters 4.4 s, finetune 42 s a
+step), so the default Whisper run is 1, 5, 10 min x (head, adapters, default) with 2 min per run, 0.25 source
+replay (the job's own for Whisper), 60 + 60 test utterances: about 90 minutes on the 2-core machine.
 
 Data (synthesised with espeak-ng in the base model's closed vocabulary, sentence lengths, speed and pitch,
 read from its training corpus summary or model card; cached in --workdir under a hash of their recipe):
@@ -55,7 +74,8 @@ whose source WER rose <= 1 point) cuts the base's target test WER by >= 60% rela
 strategy beats scratch at every size.
 
 Prints markdown tables; writes JSON to --out (default bench/results/transfer_curve.json, with --quick
-transfer_curve.quick.json) and a PNG beside it. --quick: 1 minute, head only, 0.5 min per run, small test sets.
+transfer_curve.quick.json; other models: transfer_curve.MODEL[.quick].json) and a PNG beside it. --quick: 1 minute,
+head and the default job, 0.5 min per run, small test sets (Whisper: 0.5 minute, ~10 min in all).
 """
 
 from __future__ import annotations
@@ -90,6 +110,17 @@ SCRATCH = "scratch"
 # Seconds per optimiser step, one worker with one torch thread, batch 16 (adaptation) or the base recipe's
 # 8,000-frame batches (scratch), measured on the project's 2-core machine under the usual background load.
 STEP_SECONDS = {"head": 0.75, "adapters": 1.25, "finetune": 1.6, SCRATCH: 1.85}
+DEFAULT_JOB = "default"  # the job with only the four required keys (strategy, replay, epochs, minutes: the job's own)
+WHISPER = "whisper"
+# Whisper (whisper-tiny-en) seconds per step, batch 16 (12 target + 4 replay utterances of ~12 words), one torch
+# thread, on the same 2-core machine: `python bench/whisper_step_time.py` (head and adapters on cached encoder
+# outputs; finetune runs the encoder's 30 s window forward and back for every utterance of every step).
+STEP_SECONDS_WHISPER = {"head": 3.55, "adapters": 4.4, "finetune": 42.0}
+WHISPER_TARGET = "en-gb-scotland"  # the default target accent of the Whisper curve (see option_defaults)
+WHISPER_NO_SCRATCH = ("skipped for Whisper: a 39M-parameter encoder-decoder trained from random weights on 1-10 "
+                      "minutes of audio with a few minutes of CPU learns nothing usable; the comparison that matters "
+                      "is against the base")
+WHISPER_NO_FSDD = "skipped for Whisper: bench/speaker_adapt.py measures real FSDD speakers on it"
 SCRATCH_BATCH_FRAMES = 8000  # the frames STEP_SECONDS[SCRATCH] was measured at
 TRAIN_SHARE = 0.85  # of a run's minutes spent in optimiser steps (the rest: dev evaluations, checkpoints)
 BATCH = 16
@@ -140,19 +171,60 @@ def nested_subsets(durations: list[float], sizes: list[float]) -> dict[float, in
     return out
 
 
-def steps_for(strategy: str, minutes: float, batch_frames: int = SCRATCH_BATCH_FRAMES) -> int:
-    """Optimiser steps that fit in `minutes` at STEP_SECONDS (scratch: scaled to its batch frames)."""
-    per_step = STEP_SECONDS[strategy] * (batch_frames / SCRATCH_BATCH_FRAMES if strategy == SCRATCH else 1.0)
+def model_name(model: str) -> str:
+    """The name in a model reference: name[@version], or a package folder (STORE/NAME/VERSION or NAME)."""
+    path = Path(model.split("@")[0])
+    return path.parent.name if path.name.isdigit() and path.parent.name else path.name
+
+
+def family_of(model: str) -> str:
+    """The base model's family, WHISPER or "ctc": a package folder's card architecture, else from the name. What
+    the options' defaults depend on; main() checks it against the loaded card's architecture."""
+    card = read_json(Path(model) / "model.json") if Path(model).is_dir() else None
+    if card and card.get("architecture"):
+        return WHISPER if card["architecture"] == WHISPER else "ctc"
+    return WHISPER if "whisper" in model_name(model).lower() else "ctc"
+
+
+def step_seconds(family: str) -> dict[str, float]:
+    return STEP_SECONDS_WHISPER if family == WHISPER else STEP_SECONDS
+
+
+def default_out(model: str, quick: bool) -> str:
+    """bench/results/transfer_curve[.MODEL][.quick].json: base-en keeps the plain name of its existing results."""
+    name = model_name(model)
+    tag = "" if name in ("base-en", "") else "." + re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    return str(REPO / "bench" / "results" / f"transfer_curve{tag}{'.quick' if quick else ''}.json")
+
+
+def steps_for(strategy: str, minutes: float, batch_frames: int = SCRATCH_BATCH_FRAMES,
+              seconds: dict[str, float] | None = None) -> int:
+    """Optimiser steps that fit in `minutes` at `seconds` per step (default STEP_SECONDS; scratch: scaled to its
+    batch frames)."""
+    table = STEP_SECONDS if seconds is None else seconds
+    per_step = table[strategy] * (batch_frames / SCRATCH_BATCH_FRAMES if strategy == SCRATCH else 1.0)
     return max(1, int(TRAIN_SHARE * minutes * 60 / per_step))
 
 
-def epochs_for(strategy: str, minutes: float, utterances: int, source_replay: float, batch: int = BATCH) -> int:
+def epochs_for(strategy: str, minutes: float, utterances: int, source_replay: float, batch: int = BATCH,
+               seconds: dict[str, float] | None = None) -> int:
     """max_epochs so that the job's schedule (`adapt.TrainJob.schedule`) is about steps_for(...) steps."""
     per_batch = batch
     if source_replay > 0:
         per_batch = max(1, batch - min(max(1, round(batch * source_replay)), max(1, batch - 1)))
     steps_per_epoch = max(1, math.ceil(utterances / per_batch))
-    return max(1, round(steps_for(strategy, minutes) / steps_per_epoch))
+    return max(1, round(steps_for(strategy, minutes, seconds=seconds) / steps_per_epoch))
+
+
+def default_spec(name: str, train_manifest: str, dev_manifest: str) -> dict:
+    """The default job: the four required keys only (strategy and source replay `auto`, the job's own epochs,
+    minutes, batch, learning rate, gate and source dev set)."""
+    return {"name": name, "base_model": "base@1", "train_manifest": train_manifest, "dev_manifest": dev_manifest}
+
+
+def models_of(strategies: list[str], default: bool, scratch: bool) -> list[str]:
+    """The columns: the strategies, the default job, scratch."""
+    return list(strategies) + ([DEFAULT_JOB] if default else []) + ([SCRATCH] if scratch else [])
 
 
 def fsdd_split(rows: list[dict], speaker: str) -> dict[str, list[dict]]:
@@ -169,8 +241,11 @@ def fsdd_split(rows: list[dict], speaker: str) -> dict[str, list[dict]]:
     return out
 
 
-def assess(runs: list[dict], base: dict, sizes: list[float], strategies: list[str]) -> dict:
-    """Whether the targets were met, from the scored runs ({"minutes", "model", "target_wer", "source_wer"})."""
+def assess(runs: list[dict], base: dict, sizes: list[float], strategies: list[str],
+           scratch_note: str | None = None) -> dict:
+    """Whether the targets were met, from the scored runs ({"minutes", "model", "target_wer", "source_wer"}).
+    Only the strategies count (not the default job, whose budget is its own). `scratch_note`: why there are no
+    scratch runs (the scratch target is then not measured, with that note)."""
     ok = [r for r in runs if r.get("target_wer") is not None]
     bt, bs = base["target_wer"], base["source_wer"]
 
@@ -209,6 +284,8 @@ def assess(runs: list[dict], base: dict, sizes: list[float], strategies: list[st
     measured = [p["beats_scratch"] for p in per_size]
     out["beats_scratch"] = {"goal": "the best transfer strategy beats scratch at every size", "per_size": per_size,
                             "met": None if any(b is None for b in measured) else all(measured)}
+    if scratch_note:
+        out["beats_scratch"]["note"] = scratch_note
     return out
 
 
@@ -236,6 +313,29 @@ def make_sentences(seed: int, count: int, vocab: tuple[str, ...], words: tuple[i
         if len(out) == count:
             return out
     raise ValueError(f"could only generate {len(out)} distinct new sentences of {count}")
+
+
+WHISPER_WORDS = (4, 16)  # words per sentence of the Whisper sets
+
+
+def natural_sentences(workdir: Path, split: str, seed: int, count: int) -> list[str]:
+    """`count` distinct normalised English sentences of a `speechadapt data text` split (train: pool and dev sets,
+    test: the test sets; the splits are disjoint by a hash of the sentence), decided by the seed."""
+    from speechadapt.training.corpus_text import TextConfig, build
+
+    out = workdir / "text" / f"{split}-{seed}-{count}.txt"
+    return build(TextConfig(out=out, sentences=count, seed=seed, split=split, words=WHISPER_WORDS)).sentences
+
+
+def split_texts(sentences: list[str], counts: list[int]) -> list[list[str]]:
+    """Consecutive disjoint slices of `sentences` of the given lengths (ValueError when there are too few)."""
+    if sum(counts) > len(sentences):
+        raise ValueError(f"{len(sentences)} sentences cannot fill sets of {counts}")
+    out, i = [], 0
+    for n in counts:
+        out.append(list(sentences[i: i + n]))
+        i += n
+    return out
 
 
 def synth_cached(workdir: Path, name: str, voices: list[str], variants: list[str], sentences: list[str],
@@ -297,11 +397,17 @@ def build_data(args, info: bm.TrainingInfo, workdir: Path) -> dict:
     source_voices = [v for v in (info.voices or ["en-us", "en-gb"]) if v in voices]
     if args.target_accent in source_voices:
         raise ValueError(f"--target-accent {args.target_accent} is one of the base model's training voices")
-    vocab, vocab_source = textgen.load_vocabulary(info.vocab_size)
-    if info.vocab_size and len(vocab) < info.vocab_size:
-        raise ValueError(f"vocab_size {info.vocab_size} exceeds the {len(vocab)} words of {vocab_source}")
-    words = info.words or (3, 10)
-    ratio = 0.0 if info.vocab_size else (info.template_ratio if info.template_ratio is not None else 0.3)
+    whisper = getattr(args, "family", "ctc") == WHISPER
+    if whisper:  # open vocabulary: ordinary English (speechadapt data text), no generator vocabulary
+        vocab, vocab_source = (), "speechadapt data text (training/corpus_text.py): fortunes, wordnet, templates"
+        words = WHISPER_WORDS
+        ratio = 0.0
+    else:
+        vocab, vocab_source = textgen.load_vocabulary(info.vocab_size)
+        if info.vocab_size and len(vocab) < info.vocab_size:
+            raise ValueError(f"vocab_size {info.vocab_size} exceeds the {len(vocab)} words of {vocab_source}")
+        words = info.words or (3, 10)
+        ratio = 0.0 if info.vocab_size else (info.template_ratio if info.template_ratio is not None else 0.3)
     train_variants = info.variants or resolve_variants(10, list_variants())
     test_variants, basis = bm.test_variants(info, args.test_variants, 4)
     clash = sorted(set(test_variants) & set(train_variants))
@@ -320,16 +426,25 @@ def build_data(args, info: bm.TrainingInfo, workdir: Path) -> dict:
     seed = args.seed * 1000
     pool_minutes = max(max(args.sizes), POOL_MINUTES) + 0.25  # one pool whatever --sizes: the same N-minute sets
     pool_count = math.ceil(pool_minutes * 60 / 1.2) + 20  # more sentences than the pool can use (~2.4 s each)
-    exclude = set(info.texts)
-    pool_text = make_sentences(seed + 1, pool_count, vocab, words, ratio, exclude)
-    exclude |= set(pool_text)
-    dev_text = make_sentences(seed + 2, args.dev_utterances, vocab, words, ratio, exclude)
-    exclude |= set(dev_text)
-    test_text = make_sentences(seed + 3, args.test_utterances, vocab, words, ratio, exclude)
-    exclude |= set(test_text)
-    source_text = make_sentences(seed + 4, args.source_test_utterances, vocab, words, ratio, exclude)
-    exclude |= set(source_text)
-    source_dev_text = make_sentences(seed + 5, args.dev_utterances, vocab, words, ratio, exclude)
+    if whisper:
+        pool_count = math.ceil(pool_minutes * 60 / 2.5) + 20  # 4-16 words: ~2.8 s each (217 for 10.26 min)
+        pool_text, dev_text, source_dev_text = split_texts(
+            natural_sentences(workdir, "train", seed, pool_count + 2 * args.dev_utterances),
+            [pool_count, args.dev_utterances, args.dev_utterances])
+        test_text, source_text = split_texts(
+            natural_sentences(workdir, "test", seed, args.test_utterances + args.source_test_utterances),
+            [args.test_utterances, args.source_test_utterances])
+    else:
+        exclude = set(info.texts)
+        pool_text = make_sentences(seed + 1, pool_count, vocab, words, ratio, exclude)
+        exclude |= set(pool_text)
+        dev_text = make_sentences(seed + 2, args.dev_utterances, vocab, words, ratio, exclude)
+        exclude |= set(dev_text)
+        test_text = make_sentences(seed + 3, args.test_utterances, vocab, words, ratio, exclude)
+        exclude |= set(test_text)
+        source_text = make_sentences(seed + 4, args.source_test_utterances, vocab, words, ratio, exclude)
+        exclude |= set(source_text)
+        source_dev_text = make_sentences(seed + 5, args.dev_utterances, vocab, words, ratio, exclude)
     t0 = time.monotonic()
     acc = args.target_accent
     pool, c1 = synth_cached(workdir, f"{acc}-pool", [acc], train_variants, pool_text, seed + 1, info, espeak,
@@ -431,15 +546,17 @@ def base_lexicon(model) -> list[str] | None:
     return getattr(model, "lexicon", None)
 
 
-def score(model_path: Path | str, sets: dict[str, str], lexicon: list[str] | None = None) -> dict:
+def score(model_path: Path | str, sets: dict[str, str], lexicon: list[str] | None = None,
+          store: Path | None = None) -> dict:
     """{set: {"wer", "cer", "greedy_wer", "utterances", "rtf", "seconds"}} for a model on manifests, with the
-    serving decoder (`evaluate`); `lexicon` replaces the model's own (scratch models: the base's words)."""
+    serving decoder (`evaluate`); `lexicon` replaces the model's own (scratch models: the base's words); `store`
+    resolves an adapter package's base (Whisper candidates name base@1 of the benchmark's private store)."""
     import dataclasses
 
     from speechadapt.asr.evaluation import evaluate
     from speechadapt.asr.inference import load_model
 
-    model = load_model(model_path)
+    model = load_model(model_path, store=store)
     if lexicon is not None and hasattr(model, "lexicon"):
         model = dataclasses.replace(model, lexicon=list(lexicon))
     out = {}
@@ -534,23 +651,46 @@ def _tail(path: Path, n: int = 3) -> str:
     return " | ".join(ln.strip()[-300:] for ln in lines[-n:])
 
 
+def job_choices(log: Path) -> list[str]:
+    """The job's `auto` choices as it announced them ("strategy auto -> head (...)"), from its log."""
+    from speechadapt.training.adapt import parse_events
+
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return []
+    return [e["message"] for e in parse_events(text) if e.get("phase") == "validate" and "auto ->" in e.get("message", "")]
+
+
 def run_adapt(args, ray_address: str, store: Path, run_dir: Path, name: str, strategy: str, train: dict,
               dev_manifest: str, source_dev_manifest: str, minutes: float) -> dict:
     """One adaptation job; returns {"run_dir", "candidate", "promoted", "reason", "job_metrics", "steps", ...}."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    epochs = epochs_for(strategy, minutes, train["utterances"], args.source_replay)
-    spec = {"name": name, "base_model": "base@1", "train_manifest": train["manifest"], "dev_manifest": dev_manifest,
-            "source_dev_manifest": source_dev_manifest, "strategy": strategy, "source_replay": args.source_replay,
-            "max_epochs": epochs, "max_minutes": round(minutes * args.time_cap, 3), "learning_rate": None, "batch_size": BATCH, "augment": True,
-            "workers": 1, "gpus_per_worker": 0.0, "seed": args.seed, "max_source_regression": MAX_SOURCE_REGRESSION}
+    if strategy == DEFAULT_JOB:  # what a user gets from the four required keys: the job's own budget and settings
+        from speechadapt.jobspec import JobSpec
+
+        spec = default_spec(name, train["manifest"], dev_manifest)
+        cap = JobSpec(**spec).max_minutes
+    else:
+        epochs = epochs_for(strategy, minutes, train["utterances"], args.source_replay,
+                            seconds=step_seconds(getattr(args, "family", "ctc")))
+        spec = {"name": name, "base_model": "base@1", "train_manifest": train["manifest"], "dev_manifest": dev_manifest,
+                "source_dev_manifest": source_dev_manifest, "strategy": strategy, "source_replay": args.source_replay,
+                "max_epochs": epochs, "max_minutes": round(minutes * args.time_cap, 3), "learning_rate": None, "batch_size": BATCH, "augment": True,
+                "workers": 1, "gpus_per_worker": 0.0, "seed": args.seed, "max_source_regression": MAX_SOURCE_REGRESSION}
+        cap = minutes * args.time_cap
     (run_dir / "spec.json").write_text(json.dumps(spec, indent=1) + "\n")
     cmd = [sys.executable, "-m", "speechadapt.training.adapt", "--spec", str(run_dir / "spec.json"), "--store",
            str(store), "--run-dir", str(run_dir), "--ray-address", ray_address, "--cpus-per-worker",
            f"{args.cpus_per_worker:g}"]
     t0 = time.monotonic()
-    rc = run_logged(cmd, run_dir / "job.log", timeout=minutes * args.time_cap * 60 * 3 + 900)
+    rc = run_logged(cmd, run_dir / "job.log", timeout=cap * 60 * 3 + 900)
     out = {"run_dir": str(run_dir), "exit_code": rc, "job_seconds": round(time.monotonic() - t0, 1),
-           "spec": {k: spec[k] for k in ("strategy", "max_epochs", "max_minutes", "source_replay", "batch_size")}}
+           "spec": {k: spec[k] for k in ("strategy", "max_epochs", "max_minutes", "source_replay", "batch_size")
+                    if k in spec}}
+    if strategy == DEFAULT_JOB:
+        out["spec"]["keys"] = sorted(spec)
+        out["choices"] = job_choices(run_dir / "job.log")
     result, summary = read_json(run_dir / "result.json"), read_json(run_dir / "train_summary.json")
     if rc != 0 or result is None or not (run_dir / "candidate" / "model.json").is_file():
         out["error"] = f"adaptation job exit {rc}: {_tail(run_dir / 'job.log')}"
@@ -656,6 +796,15 @@ def _cleanup(run_dir: Path, keep: bool) -> None:
 # -- reporting
 
 
+def chosen_strategy(row: dict) -> str | None:
+    """The strategy the default job chose ("strategy auto -> head (...)" among its choices)."""
+    for c in row.get("choices") or []:
+        m = re.match(r"strategy auto -> (\w+)", c)
+        if m:
+            return m.group(1)
+    return None
+
+
 def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
@@ -666,8 +815,8 @@ def _pts(v) -> str:
 
 def tables(result: dict) -> str:
     base = result["base"]
-    sizes, models = result["settings"]["sizes"], result["settings"]["strategies"] + (
-        [] if result["settings"]["no_scratch"] else [SCRATCH])
+    st = result["settings"]
+    sizes, models = st["sizes"], models_of(st["strategies"], st.get("default_job", False), not st["no_scratch"])
     runs = {(r["minutes"], r["model"]): r for r in result["runs"]}
     data = result["data"]
     bt, bs = base["target_wer"], base["source_wer"]
@@ -685,8 +834,10 @@ def tables(result: dict) -> str:
             cells.append("-" if r is None or r.get("target_wer") is None else
                          f"{_pct(r['target_wer'])} ({_pct(r['source_wer'])})")
         out.append(f"| {size:g} min ({sub['audio_minutes']:.2f}) | {sub['utterances']} | " + " | ".join(cells) + " |")
-    out += ["", f"Per run (greedy: the same models decoded without the lexicon; base {_pct(base.get('target_greedy_wer'))} "
-                f"target, {_pct(base.get('source_greedy_wer'))} source):", "",
+    greedy = (f"greedy: the same models decoded without the lexicon; base {_pct(base.get('target_greedy_wer'))} "
+              f"target, {_pct(base.get('source_greedy_wer'))} source") if base.get("target_greedy_wer") is not None \
+        else "greedy: - (the served decoding only)"
+    out += ["", f"Per run ({greedy}):", "",
             "| target audio | model | target WER | greedy | rel. cut vs base | source WER | greedy | source change "
             "(points) | steps | train s | gate |",
             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
@@ -703,9 +854,14 @@ def tables(result: dict) -> str:
             steps = r.get("steps", "-")
             if r.get("total_steps") and isinstance(steps, int) and steps < r["total_steps"]:
                 steps = f"{steps} of {r['total_steps']} (time cap)"
-            out.append(f"| {size:g} min | {m} | {_pct(r['target_wer'])} | {_pct(r.get('target_greedy_wer'))} | "
+            label = m if m != DEFAULT_JOB else f"default ({chosen_strategy(r) or '?'})"
+            out.append(f"| {size:g} min | {label} | {_pct(r['target_wer'])} | {_pct(r.get('target_greedy_wer'))} | "
                        f"{_pct(cut)} | {_pct(r['source_wer'])} | {_pct(r.get('source_greedy_wer'))} | "
                        f"{_pts(r['source_wer'] - bs)} | {steps} | {r.get('train_seconds', '-')} | {gate} |")
+    if DEFAULT_JOB in models:
+        out += ["", f"default: the job with the four required keys only ({st.get('default_job_spec', '')})."]
+    if st.get("scratch_note"):
+        out += ["", f"scratch: {st['scratch_note']}."]
     f = result.get("fsdd")
     if f and f.get("target_wer") is not None:
         out += ["", f"Real speech: FSDD speaker {f['speaker']} ({f.get('accent') or '?'}), {f['strategy']}, trained on "
@@ -739,6 +895,9 @@ def targets_text(targets: dict) -> str:
         if c.get("best_strategy_ignoring_source") and c["best_strategy_ignoring_source"] != c["best_strategy"]:
             lines.append(f"  (ignoring forgetting: {c['best_strategy_ignoring_source']}, "
                          f"{100 * c['relative_cut_ignoring_source']:.1f}% cut)")
+    if s.get("note"):
+        lines.append(f"- transfer beats scratch: not measured ({s['note']})")
+        return "\n".join(lines)
     verdict = {True: "met", False: "NOT met", None: "not measured at every size"}[s["met"]]
     per = ", ".join(f"{p['minutes']:g} min {'yes' if p['beats_scratch'] else 'no' if p['beats_scratch'] is False else '?'}"
                     for p in s["per_size"])
@@ -754,15 +913,18 @@ def plot(result: dict, path: Path) -> None:
 
     base, sizes = result["base"], result["settings"]["sizes"]
     runs = [r for r in result["runs"] if r.get("target_wer") is not None]
-    models = result["settings"]["strategies"] + ([] if result["settings"]["no_scratch"] else [SCRATCH])
-    colors = {"head": "tab:blue", "finetune": "tab:orange", "adapters": "tab:green", SCRATCH: "tab:gray"}
+    st = result["settings"]
+    models = models_of(st["strategies"], st.get("default_job", False), not st["no_scratch"])
+    colors = {"head": "tab:blue", "finetune": "tab:orange", "adapters": "tab:green", SCRATCH: "tab:gray",
+              DEFAULT_JOB: "tab:purple"}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=100)
     for m in models:
         pts = sorted((r["minutes"], r["target_wer"], r["source_wer"]) for r in runs if r["model"] == m)
         if not pts:
             continue
         style = dict(color=colors.get(m), marker="s" if m == SCRATCH else "o",
-                     linestyle="--" if m == SCRATCH else "-", label=m + (" (from scratch)" if m == SCRATCH else ""))
+                     linestyle="--" if m == SCRATCH else "-",
+                     label=m + {SCRATCH: " (from scratch)", DEFAULT_JOB: " job (4 keys)"}.get(m, ""))
         ax1.plot([p[0] for p in pts], [100 * p[1] for p in pts], **style)
         if m != SCRATCH:
             ax2.plot([p[0] for p in pts], [100 * p[2] for p in pts], **style)
@@ -791,7 +953,8 @@ def plot(result: dict, path: Path) -> None:
         ax2.text(0.02, 0.02, f"scratch models: {100 * min(scratch_src):.0f}-{100 * max(scratch_src):.0f}% (not drawn)",
                  transform=ax2.transAxes, fontsize=8, color="tab:gray")
     minutes = result["settings"]["minutes_per_run"]
-    fig.suptitle(f"transfer curve: {result['model']}, {minutes:g} min of training per run", fontsize=11)
+    fig.suptitle(f"transfer curve: {result['model']}, {minutes:g} min of training per run"
+                 + (" (default job: its own budget)" if DEFAULT_JOB in models else ""), fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.png")
@@ -803,32 +966,61 @@ def plot(result: dict, path: Path) -> None:
 # -- main
 
 
+def option_defaults(family: str, quick: bool) -> dict:
+    """Defaults of the options left unset. Whisper steps are ~5x slower than base-en's on the 2-core machine, every
+    Whisper job caches encoder outputs (~0.5 s an utterance) and scoring decodes a 15-30 s window per utterance, so
+    its full run has 3 sizes x (head, adapters, the default job) in 2-minute budgets and smaller test sets (~90 min
+    in all); finetune (~42 s a step: the encoder forward and back for every utterance) is left out."""
+    if family == WHISPER:
+        return {"sizes": [0.5] if quick else [1.0, 5.0, 10.0],
+                "strategies": ["head"] if quick else ["head", "adapters"],
+                "minutes_per_run": 0.5 if quick else 2.0, "test_utterances": 20 if quick else 60,
+                "source_test_utterances": 20 if quick else 60, "dev_utterances": 10 if quick else 20,
+                "source_replay": 0.25, "target_accent": WHISPER_TARGET}
+    return {"sizes": [1.0] if quick else [1.0, 2.0, 5.0, 10.0], "strategies": ["head"] if quick else list(STRATEGIES),
+            "minutes_per_run": 0.5 if quick else 3.0, "test_utterances": 30 if quick else 120,
+            "source_test_utterances": 30 if quick else 120, "dev_utterances": 10 if quick else 20,
+            "source_replay": 0.5, "target_accent": "en-gb-scotland"}
+
+
+def whisper_info() -> bm.TrainingInfo:
+    """What the Whisper sets are built around: general English (en-us, en-gb) as the source, and base-en's 10
+    espeak-ng speaker variants for the target pool (so the test speakers are the same 4 unseen variants)."""
+    from speechadapt.training.synth import list_variants, resolve_variants
+
+    return bm.TrainingInfo(source="", voices=["en-us", "en-gb"], variants=resolve_variants(10, list_variants()),
+                           notes=["Whisper's training data is not ours: source = general English read by espeak-ng "
+                                  "en-us/en-gb; target pool speakers = synth's first 10 natural variants"])
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="base-en", help="base model: name[@version] in --model-store (or built in), "
                    "or a package folder (default: base-en)")
     p.add_argument("--model-store", default=str(REPO / "models"), metavar="DIR", help="default: <repo>/models")
     p.add_argument("--sizes", type=parse_sizes, default=None, metavar="M,M,...",
-                   help="minutes of target training audio (default: 1,2,5,10; --quick: 1)")
+                   help="minutes of target training audio (default: 1,2,5,10; --quick: 1; whisper: 1,5,10; --quick 0.5)")
     p.add_argument("--strategies", type=parse_strategies, default=None, metavar="S,S,...",
-                   help="adaptation strategies (default: head,finetune,adapters; --quick: head)")
+                   help="adaptation strategies (default: head,finetune,adapters; --quick: head; whisper: head,adapters)")
     p.add_argument("--minutes-per-run", type=float, default=None, metavar="M",
-                   help="training budget of every run, adaptation and scratch (default: 3; --quick: 0.5)")
+                   help="training budget of every run, adaptation and scratch (default: 3; --quick: 0.5; whisper: 2)")
     p.add_argument("--time-cap", type=float, default=2.0, metavar="F",
                    help="wall-clock cap of a run's training as a multiple of --minutes-per-run (default: 2; the step "
                         "budget normally ends it first)")
-    p.add_argument("--target-accent", default="en-gb-scotland", help="espeak-ng voice to adapt to (default: en-gb-scotland)")
-    p.add_argument("--source-replay", type=float, default=0.5, metavar="P",
-                   help="share of each adaptation batch drawn from the base's source data (default: 0.5)")
+    p.add_argument("--target-accent", default=None, help="espeak-ng voice to adapt to (default: en-gb-scotland; "
+                   f"whisper: {WHISPER_TARGET})")
+    p.add_argument("--source-replay", type=float, default=None, metavar="P",
+                   help="share of each adaptation batch drawn from the base's source data (default: 0.5; whisper: "
+                        "0.25, the job's own default for Whisper)")
     p.add_argument("--no-scratch", action="store_true", help="skip the from-scratch baseline")
     p.add_argument("--no-fsdd", action="store_true", help="skip the real-speech (FSDD) row")
     p.add_argument("--fsdd-speaker", default="nicolas", help="FSDD speaker to adapt to (default: nicolas)")
     p.add_argument("--fsdd-strategy", type=lambda s: parse_strategies(s)[0], default=None, metavar="S",
                    help="strategy for the FSDD row (default: the best at the largest size, see above)")
     p.add_argument("--test-utterances", type=int, default=None, metavar="N",
-                   help="target test utterances (default: 120; --quick: 30)")
+                   help="target test utterances (default: 120; --quick: 30; whisper: 60, --quick 20)")
     p.add_argument("--source-test-utterances", type=int, default=None, metavar="N",
-                   help="source test utterances (default: 120; --quick: 30)")
+                   help="source test utterances (default: 120; --quick: 30; whisper: 60, --quick 20)")
     p.add_argument("--dev-utterances", type=int, default=None, metavar="N",
                    help="target dev utterances, shared by every run (default: 20; --quick: 10)")
     p.add_argument("--pool-speakers", type=int, default=None, metavar="N",
@@ -849,17 +1041,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep-runs", action="store_true", help="keep checkpoints and model packages of every run")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="synthesis processes (default: 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for scoring (default: 1)")
-    p.add_argument("--quick", action="store_true", help="smoke test: 1 min, head, 0.5 min per run, small test sets")
+    p.add_argument("--no-default", action="store_true",
+                   help="skip the default job (the four required keys only) at every size")
+    p.add_argument("--quick", action="store_true", help="smoke test: 1 min, head, 0.5 min per run, small test sets "
+                   "(whisper: 0.5 min of target audio, head and the default job, 20 test utterances)")
     args = p.parse_args(argv)
-    q = args.quick
-    defaults = {"sizes": [1.0] if q else [1.0, 2.0, 5.0, 10.0], "strategies": ["head"] if q else list(STRATEGIES),
-                "minutes_per_run": 0.5 if q else 3.0, "test_utterances": 30 if q else 120,
-                "source_test_utterances": 30 if q else 120, "dev_utterances": 10 if q else 20}
-    for k, v in defaults.items():
+    args.family = family_of(args.model)
+    for k, v in option_defaults(args.family, args.quick).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     if args.out is None:
-        args.out = str(REPO / "bench" / "results" / ("transfer_curve.quick.json" if q else "transfer_curve.json"))
+        args.out = default_out(args.model, args.quick)
     if not 0 < args.minutes_per_run <= 120:
         p.error("--minutes-per-run must be in (0, 120]")
     if not args.time_cap >= 1:
@@ -893,22 +1085,43 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     started, load_start = time.monotonic(), _loadavg()
+    whisper = args.family == WHISPER
     try:
+        if whisper:
+            from speechadapt.asr.importers import DEFAULT_WHISPER, ensure_default_whisper
+
+            if args.model.split("@")[0] == DEFAULT_WHISPER:
+                ensure_default_whisper()  # built from the bundled weights when missing (no network)
         base_model = load_model(args.model, store=args.model_store)
     except (LookupError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    architecture = getattr(base_model.card, "architecture", "")
+    if (architecture == WHISPER) != whisper:
+        print(f"error: --model {args.model} is a {architecture or 'unknown'} model, but its name "
+              f"{'says' if whisper else 'does not say'} whisper (the options' defaults follow the name): "
+              "give a name that says what it is", file=sys.stderr)
+        return 2
     model_dir = base_model.ref.path
     decoder = decoder_fingerprint()
     beam = getattr(base_model, "beam", None)
-    if getattr(base_model, "lexicon", None) and beam is not None and hasattr(beam, "cfg"):
+    if whisper:
+        decoder["base"] = {"kind": "the served Whisper decoding (CTranslate2 beam search, card.decoding; texts "
+                                   "normalised, numbers spelled out, before scoring)",
+                           **(base_model.card.decoding if isinstance(base_model.card.decoding, dict) else {}),
+                           "note": "adapted packages are served as their cards say: with the 30 s window they were "
+                                   "trained on (min_window_s 30), the base with its 15 s window"}
+    elif getattr(base_model, "lexicon", None) and beam is not None and hasattr(beam, "cfg"):
         decoder["base"] = {"kind": "beam search over the model's lexicon", "lexicon_words": len(base_model.lexicon),
                            **beam.cfg.to_dict()}
     else:
         decoder["base"] = {"kind": "greedy CTC (no lexicon)"}
     workdir = Path(args.workdir)
+    if whisper:
+        args.no_scratch = True
+        args.no_fsdd = True
     try:
-        info = bm.training_info(base_model.card, model_dir, None)
+        info = whisper_info() if whisper else bm.training_info(base_model.card, model_dir, None)
         data = build_data(args, info, workdir)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -918,7 +1131,8 @@ def main(argv: list[str] | None = None) -> int:
          + f"; dev {data['dev']['utterances']}, target test {data['target_test']['utterances']}, source test "
          f"{data['source_test']['utterances']} ({'cached' if data['recipe']['cached'] else 'synthesised'} in "
          f"{data['recipe']['synth_seconds']} s)")
-    fsdd = None if args.no_fsdd else build_fsdd(workdir, args.fsdd_speaker, base_model.frame_seconds)
+    fsdd = ({"note": WHISPER_NO_FSDD} if whisper else None) if args.no_fsdd else \
+        build_fsdd(workdir, args.fsdd_speaker, base_model.frame_seconds)
     test_sets = {"target": data["target_test"]["manifest"], "source": data["source_test"]["manifest"]}
     if fsdd and "note" not in fsdd:
         test_sets["fsdd"] = fsdd["test"]["manifest"]
@@ -931,7 +1145,7 @@ def main(argv: list[str] | None = None) -> int:
     out_path = Path(args.out)
     same = {"model_path": str(model_dir), "minutes_per_run": args.minutes_per_run, "time_cap": args.time_cap,
             "source_replay": args.source_replay, "seed": args.seed, "target_accent": args.target_accent,
-            "cpus_per_worker": args.cpus_per_worker, "step_seconds": STEP_SECONDS, "train_share": TRAIN_SHARE,
+            "cpus_per_worker": args.cpus_per_worker, "step_seconds": step_seconds(args.family), "train_share": TRAIN_SHARE,
             "data": {k: data[k]["manifest"] for k in ("pool", "dev", "target_test", "source_test", "source_dev")}}
     previous: dict[tuple, dict] = {}
     if args.resume:
@@ -966,7 +1180,12 @@ def main(argv: list[str] | None = None) -> int:
                      "source_replay": args.source_replay, "batch_size": BATCH,
                      "learning_rate": "the strategy's default (speechadapt.jobspec.DEFAULT_LR)", "augment": True,
                      "workers": 1, "cpus_per_worker": args.cpus_per_worker, "seed": args.seed, "quick": args.quick,
-                     "no_scratch": args.no_scratch, "step_seconds_assumed": STEP_SECONDS, "train_share": TRAIN_SHARE,
+                     "no_scratch": args.no_scratch, "step_seconds_assumed": step_seconds(args.family),
+                     "train_share": TRAIN_SHARE, "default_job": not args.no_default,
+                     "default_job_spec": "name, base_model, train_manifest, dev_manifest: strategy and "
+                                         "source_replay auto, the job's own max_epochs (30), max_minutes (10), "
+                                         "batch, learning rate, gate and source dev set",
+                     "scratch_note": WHISPER_NO_SCRATCH if whisper else None,
                      "ray": "private local head (127.0.0.1)" if not args.ray_address else args.ray_address,
                      "runs_dir": str(runs_root), "scoring_threads": args.threads},
         "decoder": decoder,
@@ -989,7 +1208,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
         os.replace(tmp, out_path)
 
-    plan = [(size, m) for size in args.sizes for m in args.strategies + ([] if args.no_scratch else [SCRATCH])]
+    plan = [(size, m) for size in args.sizes for m in models_of(args.strategies, not args.no_default, not args.no_scratch)]
     total = len(plan) + (1 if fsdd and "note" not in fsdd else 0)
     save()
     with RayHead(args.ray_address, max(os.cpu_count() or 1, math.ceil(args.cpus_per_worker))) as head:
@@ -1016,7 +1235,7 @@ def main(argv: list[str] | None = None) -> int:
                 # scratch models know only their training transcripts' words: score them over the base's lexicon,
                 # the words every adapted model decodes over
                 s = score(run["candidate"], {"target": test_sets["target"], "source": test_sets["source"]},
-                          lexicon=lexicon if m == SCRATCH else None)
+                          lexicon=lexicon if m == SCRATCH else None, store=store)
                 row.update(target_wer=s["target"]["wer"], target_cer=s["target"]["cer"],
                            target_greedy_wer=s["target"]["greedy_wer"], source_wer=s["source"]["wer"],
                            source_cer=s["source"]["cer"], source_greedy_wer=s["source"]["greedy_wer"],
@@ -1076,7 +1295,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.keep_runs:
         shutil.rmtree(store, ignore_errors=True)  # the base copy and any published versions
-    result["targets"] = assess(result["runs"], result["base"], args.sizes, args.strategies)
+    result["targets"] = assess(result["runs"], result["base"], args.sizes, args.strategies,
+                               scratch_note=WHISPER_NO_SCRATCH if whisper else None)
     result["data"]["subsets"] = {size_tag(s): v for s, v in data["subsets"].items()}
     end_files = decoder_fingerprint()["files_at_start"]
     result["decoder"]["files_at_end"] = end_files

@@ -94,3 +94,81 @@ def test_assess_targets(tc):
     runs[3]["target_wer"] = 1.0  # no better than scratch at 1 min
     assert tc.assess(runs, base, [1.0, 5.0], ["finetune", "adapters"])["beats_scratch"]["met"] is False
     assert tc.assess(runs[:3], base, [1.0, 5.0], ["finetune", "adapters"])["beats_scratch"]["met"] is None
+
+
+def test_whisper_defaults_and_outputs(tc):
+    w = tc.parse_args(["--model", "whisper-tiny-en"])
+    assert w.family == tc.WHISPER and w.sizes == [1.0, 5.0, 10.0] and w.strategies == ["head", "adapters"]
+    assert w.minutes_per_run == 2.0 and w.source_replay == 0.25 and w.target_accent == tc.WHISPER_TARGET
+    assert w.test_utterances == w.source_test_utterances == 60 and not w.no_default
+    assert w.out.endswith("bench/results/transfer_curve.whisper-tiny-en.json")
+    q = tc.parse_args(["--model", "whisper-tiny-en@1", "--quick"])
+    assert q.sizes == [0.5] and q.strategies == ["head"] and q.out.endswith("transfer_curve.whisper-tiny-en.quick.json")
+    # base-en keeps its options and result file; explicit options win over either family's defaults
+    c = tc.parse_args(["--model", "base-en"])
+    assert c.family == "ctc" and c.source_replay == 0.5 and c.target_accent == "en-gb-scotland"
+    assert c.out.endswith("bench/results/transfer_curve.json")
+    o = tc.parse_args(["--model", "whisper-tiny-en", "--strategies", "finetune", "--source-replay", "0", "--no-default"])
+    assert o.strategies == ["finetune"] and o.source_replay == 0 and o.no_default
+    assert tc.family_of("/store/my-whisper-adapted/3") == tc.WHISPER and tc.family_of("base-en@1") == "ctc"
+    assert tc.default_out("models/accent-x@2", False).endswith("transfer_curve.accent-x.json")
+
+
+def test_whisper_budgets_use_their_own_step_times(tc):
+    ws = tc.step_seconds(tc.WHISPER)
+    for strategy in tc.STRATEGIES:
+        assert tc.steps_for(strategy, 2.0, seconds=ws) < tc.steps_for(strategy, 2.0)  # slower steps, fewer of them
+        assert tc.steps_for(strategy, 2.0, seconds=ws) == max(1, int(tc.TRAIN_SHARE * 120 / ws[strategy]))
+    assert tc.steps_for("head", 2.0, seconds=ws) > tc.steps_for("adapters", 2.0, seconds=ws) > \
+        tc.steps_for("finetune", 2.0, seconds=ws)
+    # 60 target utterances, replay 0.25 of 16: 12 a batch, 5 steps an epoch
+    assert tc.epochs_for("head", 2.0, 60, 0.25, seconds=ws) == round(tc.steps_for("head", 2.0, seconds=ws) / 5)
+    assert tc.step_seconds("ctc") is tc.STEP_SECONDS
+
+
+def test_default_job_and_columns(tc):
+    spec = tc.default_spec("tc-1m-default", "/d/train.jsonl", "/d/dev.jsonl")
+    assert sorted(spec) == ["base_model", "dev_manifest", "name", "train_manifest"]
+    from speechadapt.jobspec import JobSpec
+
+    job = JobSpec(**spec)  # valid as it stands: everything else is the job's default
+    assert job.strategy == "auto" and job.source_replay is None
+    assert tc.models_of(["head", "adapters"], True, False) == ["head", "adapters", "default"]
+    assert tc.models_of(["head"], True, True) == ["head", "default", "scratch"]
+    assert tc.models_of(["finetune"], False, True) == ["finetune", "scratch"]
+    assert tc.chosen_strategy({"choices": ["source_replay auto -> 0.25 of each batch",
+                                           "strategy auto -> head (a Whisper base with 1.0 min ...)"]}) == "head"
+    assert tc.chosen_strategy({}) is None
+
+
+def test_whisper_text_splits(tc):
+    a, b, c = tc.split_texts([f"s{i}" for i in range(10)], [5, 3, 2])
+    assert a == [f"s{i}" for i in range(5)] and b == ["s5", "s6", "s7"] and c == ["s8", "s9"]
+    with pytest.raises(ValueError):
+        tc.split_texts(["a", "b"], [2, 1])
+
+
+def test_assess_without_scratch_says_why(tc):
+    base = {"target_wer": 0.5, "source_wer": 0.2}
+    runs = [{"minutes": 5.0, "model": "head", "target_wer": 0.1, "source_wer": 0.2},
+            {"minutes": 5.0, "model": "default", "target_wer": 0.05, "source_wer": 0.2}]
+    t = tc.assess(runs, base, [5.0], ["head"], scratch_note="skipped for Whisper")
+    assert t["cut_at_5_minutes"]["best_strategy"] == "head" and t["cut_at_5_minutes"]["met"]  # default not a strategy
+    assert t["beats_scratch"]["met"] is None and t["beats_scratch"]["note"] == "skipped for Whisper"
+    assert "not measured (skipped for Whisper)" in tc.targets_text(t)
+
+
+def test_tables_show_default_and_old_results_still_render(tc):
+    import json
+
+    old = json.loads((BENCH.parent / "results" / "transfer_curve.json").read_text())
+    assert "default" not in tc.tables(old)  # results written before the default row: unchanged columns
+    assert tc.tables(old) + "\n\n" + tc.targets_text(old["targets"]) == old["markdown"]  # and the same text
+    new = json.loads(json.dumps(old))
+    new["settings"].update(default_job=True, default_job_spec="four keys", no_scratch=True, scratch_note="why not")
+    size = new["settings"]["sizes"][0]
+    new["runs"].append({"minutes": size, "model": "default", "target_wer": 0.2, "source_wer": 0.1, "promoted": True,
+                        "choices": ["strategy auto -> adapters (...)"], "steps": 40})
+    text = tc.tables(new)
+    assert "| default |" in text.splitlines()[2] + " |" or " default " in text.splitlines()[2]
+    assert f"| {size:g} min | default (adapters) | 20.0%" in text and "scratch: why not." in text
