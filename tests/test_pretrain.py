@@ -55,7 +55,7 @@ def test_base_recipe_is_a_4_to_6m_conformer():
 
     cfg = load_config(BASE_YAML).resolved()
     assert 4e6 <= ConformerCTC(cfg.train.model).num_parameters() <= 6e6
-    assert cfg.workers == 2 and cfg.gpus_per_worker == 0 and cfg.train.max_minutes == 125
+    assert cfg.workers == 2 and cfg.gpus_per_worker == 0 and cfg.train.max_minutes == 105
 
 
 @pytest.mark.parametrize("override, message", [
