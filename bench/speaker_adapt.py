@@ -99,6 +99,15 @@ def workspace(prefix: str) -> tuple[Path, Path] | None:
     return work, work / "store"
 
 
+def save(args, rows: list[dict], work_root: Path) -> None:
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps({"base": args.base, "strategy": args.strategy or "auto", "command": " ".join(sys.argv),
+                               "rows": rows, "work": str(work_root)}, indent=1) + "\n")
+    tmp.replace(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--speakers", default="nicolas,theo")
@@ -138,14 +147,14 @@ def main(argv=None) -> int:
                 row["package_mb"] = round(card.files_bytes / 2**20, 2)
                 row["adapter_base"] = card.base.get("model", "")
             rows.append(row)
+            save(args, rows, work_root)  # after every row: an interrupted run keeps what it measured
             m = res.get("metrics", {})
             print(f"  {n} utts: exit {job['exit']} in {job['seconds']:.0f} s, promoted {res.get('promoted')}, "
                   f"dev {m.get('base_target_wer', float('nan')):.1%} -> {m.get('adapted_target_wer', float('nan')):.1%}, "
                   f"source {m.get('base_source_wer', float('nan')):.1%} -> {m.get('adapted_source_wer', float('nan')):.1%}, "
                   f"test {base['test']['wer']:.1%} -> {row.get('adapted_test', {}).get('wer', float('nan')):.1%}; "
                   f"{res.get('reason', '')}", flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"base": args.base, "strategy": args.strategy or "auto", "rows": rows, "work": str(work_root)}, indent=1) + "\n")
+    save(args, rows, work_root)
     print("| speaker | train utts | test WER base | test WER adapted | pocketsphinx | source dev WER base -> adapted | promoted | job s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
     for r in rows:
