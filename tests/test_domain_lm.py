@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import pytest
 
@@ -94,7 +95,7 @@ def test_mixed_arpa_round_trip_and_best_weight_on_dev_text(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ the job spec
 
-def _job_file(tmp_path, domain) -> "Path":
+def _job_file(tmp_path, domain) -> Path:
     import yaml
 
     (tmp_path / "job.yaml").write_text(yaml.safe_dump({"name": "kitchen", "base_model": "base-en",

@@ -192,8 +192,8 @@ def markdown(card: dict) -> str:
         "",
         *_lm_lines(lin.get("lm")),
         "## Accuracy per accent (bench/base_model.py)",
-        f"Unseen sentences spoken by espeak-ng speaker variants not in training; accents outside the training "
-        f"voices are zero-shot. Decoded as served" + (" (with the LM)" if lin.get("lm") else "") +
+        "Unseen sentences spoken by espeak-ng speaker variants not in training; accents outside the training "
+        "voices are zero-shot. Decoded as served" + (" (with the LM)" if lin.get("lm") else "") +
         f". Command: `{met.get('benchmark_command', '')}`",
         "",
         *_rows_table(met.get("per_accent", [])),
