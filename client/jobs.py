@@ -226,7 +226,9 @@ def summary_lines(job: Job) -> list[str]:
             line = f"  {r[0].ljust(widths[0])}  {r[1].rjust(widths[1])}  {r[2].rjust(widths[2])}  {r[3]}"
             lines.append(line.rstrip())
     if m.domain_lm_weight is not None:
-        lines.append(f"  domain LM: weight {m.domain_lm_weight:g}, target dev perplexity "
+        how = ("the base has none" if m.domain_lm_weight >= 1  # nothing to mix with: the domain LM alone
+               else f"weight {m.domain_lm_weight:g}")
+        lines.append(f"  domain LM: {how}, target dev perplexity "
                      f"{m.domain_lm_dev_perplexity or 0:.1f}; base target WER with it "
                      f"{format_wer(m.base_target_wer_domain_lm)}")
     if job.state == "SUCCEEDED":

@@ -794,7 +794,8 @@ def test_cli_watch_shows_the_summary_and_exits_0(real_server, finished_job):
                                   f"{100 * (m.adapted_target_wer - m.base_target_wer):+.1f}", "points"]
     assert summary[3].split()[:2] == ["source", "WER"]
     # the job file's domain_text: the LM built from it, and the base decoded with it
-    assert summary[4] == (f"  domain LM: weight {m.domain_lm_weight:g}, target dev perplexity "
+    assert m.domain_lm_weight == 1  # tiny has no LM: the domain LM alone
+    assert summary[4] == (f"  domain LM: the base has none, target dev perplexity "
                           f"{m.domain_lm_dev_perplexity:.1f}; base target WER with it {100 * m.base_target_wer_domain_lm:.1f}%")
     assert summary[5] == (f"promoted: tiny-cli@{f.proto.version} ({f.proto.reason})" if f.proto.promoted
                           else f"not promoted: {f.proto.reason}")

@@ -3,6 +3,8 @@ job spec's domain_text (job file, wire, size cap, bad files)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import random
 from pathlib import Path
@@ -261,3 +263,5 @@ def test_cli_refuses_a_bad_domain_text_before_connecting_and_summarises_the_lm(t
         base_target_wer=0.4, adapted_target_wer=0.2, base_target_wer_domain_lm=0.3, domain_lm_weight=0.962,
         domain_lm_dev_perplexity=61.64))
     assert "  domain LM: weight 0.962, target dev perplexity 61.6; base target WER with it 30.0%" in J.summary_lines(job)
+    job = dataclasses.replace(job, metrics=dataclasses.replace(job.metrics, domain_lm_weight=1.0))  # base had no LM
+    assert "  domain LM: the base has none, target dev perplexity 61.6; base target WER with it 30.0%" in J.summary_lines(job)
