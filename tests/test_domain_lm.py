@@ -4,7 +4,6 @@ job spec's domain_text (job file, wire, size cap, bad files)."""
 from __future__ import annotations
 
 import dataclasses
-
 import math
 import random
 from pathlib import Path
