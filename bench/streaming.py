@@ -40,8 +40,8 @@ wer         WER and cost of ours (over gRPC, `--wer-streams` concurrent, unpaced
             decoding; CPU seconds of its thread per audio second) on the same audio: the synthetic target-domain
             set and the real human speech in ../shared/data (skipped when absent, and with --quick/--no-real).
 
-Target-domain audio: English sentences from the served model's closed training vocabulary (1,000 words for
-base-en), `--words` (9:20) words each (~3-8 s), spoken in `--voices` (en-us, en-gb) by espeak-ng speaker
+Target-domain audio: English sentences from the served model's training vocabulary when it had a closed one,
+else from the generator's broad one, `--words` (9:20) words each (~3-8 s), or the lines of `--test-text`, spoken in `--voices` (en-us, en-gb) by espeak-ng speaker
 variants the model was not trained on (bench/base_model.py's test sets and cache, `--per-voice` each), plus
 the trailing silence. The same set serves the latency runs.
 
@@ -217,8 +217,8 @@ def target_domain_set(args) -> tuple[list[Utt], dict]:
         notes.append(f"training corpus unknown ({e}); test sentences from the generator's broad vocabulary")
     variants, basis = bm.test_variants(
         info, [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None, 4)
-    text = bm.make_text(argparse.Namespace(seed=args.seed, words=args.words, sentence_words=None, vocab_size=None),
-                        info, args.per_voice)
+    text = bm.make_text(argparse.Namespace(seed=args.seed, words=args.words, sentence_words=None, vocab_size=None,
+                                           test_text=args.test_text), info, args.per_voice)
     utts, sets, version = [], [], bm._espeak_version()
     for voice in args.voices:
         manifest, cached = bm.synth_set(Path(args.workdir), voice, variants, text, info, args.jobs, version)
@@ -908,6 +908,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--words", type=lambda s: tuple(int(v) for v in s.split(":")), default=(9, 20), metavar="LO:HI",
                    help="words per sentence (default: 9:20, about 3-8 s)")
     p.add_argument("--seed", type=int, default=321, help="test text seed (default: 321)")
+    p.add_argument("--test-text", metavar="FILE",
+                   help="target-domain sentences from this file instead of generated ones (e.g. the test split of "
+                        "`speechadapt data text`; its first --per-voice lines that are not training transcripts)")
     p.add_argument("--train-summary", metavar="PATH", help="training corpus summary.json, when the card lacks it")
     p.add_argument("--no-real", action="store_true", help="skip the real speech of ../shared/data")
     p.add_argument("--no-pocketsphinx", action="store_true", help="skip pocketsphinx")
