@@ -320,6 +320,27 @@ def test_source_domain_from_the_tiny_lineage(tiny):
     assert set(d.vocabulary) == set(VOCAB) and d.words[0] >= 1 and d.words[1] <= 5
 
 
+def test_source_speech_for_a_base_trained_on_data_text(tmp_path):
+    """A base whose card says its text came from `data text` (lineage.text_sources) and whose corpus is not on
+    this machine: the gate's source dev set and the replay set are synthesized from natural sentences of the
+    dev and train splits (never the test split), in the base's espeak-ng voices."""
+    from speechadapt.training.adapt import source_domain, synthesize_source
+    from speechadapt.training.corpus_text import split_of
+
+    lineage = {"config": {"train_manifest": "/elsewhere/train/manifest.jsonl"}, "voices": ["en-us", "flite:kal16"],
+               "text_sources": {"split": "train", "words": [3, 20], "sources": [{"source": "fortunes"}]}}
+    d = source_domain(lineage, lexicon=["a"] * 30000)
+    assert d.natural_text and d.vocabulary == () and d.words == (3, 16) and d.train_manifest is None
+    for split, seed in (("dev", 5), ("train", 6)):
+        manifest = synthesize_source(d, tmp_path / split, 4, seed=seed, split=split)
+        rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+        assert len(rows) == 4 and all(r["speaker"].split("+")[0] == "en-us" for r in rows)
+        texts = (tmp_path / f".{split}-sentences.txt").read_text().splitlines()
+        assert [r["text"] for r in rows] == texts[:4]
+        assert all(split_of(t) == split for t in texts)  # templated ones too
+    assert synthesize_source(d, tmp_path / "dev", 4, seed=5, split="dev") == tmp_path / "dev" / "manifest.jsonl"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Real jobs
 

@@ -176,6 +176,7 @@ class SourceDomain:
     variants: tuple[str, ...] = ()  # () = synth's default
     vocabulary: tuple[str, ...] = ()  # closed vocabulary; () = synth's generated English
     words: tuple[int, int] = (3, 10)  # words per sentence
+    natural_text: bool = False  # trained on `speechadapt data text` sentences: synthesize from its splits too
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -199,7 +200,9 @@ def source_domain(lineage: dict, lexicon: list[str] | None = None) -> SourceDoma
     `config.train_manifest`/`dev_manifest` and `training_data`/`dev_data`, or keys named train_manifest,
     dev_manifest, voices, variants, vocabulary. Voices, variants and vocabulary not recorded are read from the
     source train (or dev) manifest when it is readable; without one, a shipped model's card (`corpus` summary,
-    `speakers`) and its `lexicon` (a closed vocabulary of at most 2,000 words) stand in for it."""
+    `speakers`) and its `lexicon` (a closed vocabulary of at most 2,000 words) stand in for it. A base whose
+    training text came from `speechadapt data text` (lineage.text_sources) gets synthesized source speech from
+    the same kind of sentences."""
     known = lineage.get("source_domain") if isinstance(lineage.get("source_domain"), dict) else {}
     config = lineage.get("config") if isinstance(lineage.get("config"), dict) else {}
     train = next((p for p in (_readable(_path_in(v)) for v in (known.get("train_manifest"), lineage.get("train_manifest"),
@@ -228,7 +231,12 @@ def source_domain(lineage: dict, lexicon: list[str] | None = None) -> SourceDoma
             words = tuple(int(w) for w in corpus["words"])
         if not vocabulary and lexicon and len(lexicon) <= 2000:
             vocabulary = tuple(lexicon)
-    return SourceDomain(train, dev, voices or ("en-us", "en-gb"), variants, vocabulary, tuple(words or (3, 10)))
+    ts = lineage.get("text_sources")
+    natural = bool(known.get("natural_text") or isinstance(ts, dict) and ts.get("sources"))
+    if natural and not words and isinstance(ts, dict) and ts.get("words"):
+        words = (int(ts["words"][0]), min(16, int(ts["words"][1])))  # long sentences: long, slow replay batches
+    return SourceDomain(train, dev, voices or ("en-us", "en-gb"), variants, vocabulary, tuple(words or (3, 10)),
+                        natural and not vocabulary)
 
 
 def _manifest_profile(path: Path, limit: int = 5000) -> tuple[tuple, tuple, set, list]:
@@ -279,12 +287,26 @@ def _subset_manifest(src: Path, out_dir: Path, count: int, seed: int) -> Path:
     return out
 
 
-def synthesize_source(domain: SourceDomain, out_dir: Path, count: int, seed: int) -> Path:
-    """`count` utterances in the source voices and vocabulary into out_dir (reused when already complete)."""
+def _natural_sentences(domain: SourceDomain, path: Path, count: int, seed: int, split: str) -> bool:
+    """`count` sentences of `data text`'s `split` into path; False when its Debian text packages are missing."""
+    from speechadapt.training.corpus_text import TextConfig, build
+
+    try:
+        build(TextConfig(out=path, sentences=count, seed=seed, split=split, words=domain.words,
+                         sources_json=path.with_name(path.name + ".sources.json")))
+    except (ValueError, OSError) as e:
+        print(f"no natural source text ({e}): synthesizing generated English instead", file=sys.stderr)
+        return False
+    return True
+
+
+def synthesize_source(domain: SourceDomain, out_dir: Path, count: int, seed: int, split: str = "train") -> Path:
+    """`count` utterances in the source voices and vocabulary into out_dir (reused when already complete); a
+    base trained on `data text` sentences gets sentences of its `split` (dev: never trained on)."""
     from speechadapt.training.synth import SynthConfig, list_variants, list_voices, synthesize
 
     manifest, done = out_dir / "manifest.jsonl", out_dir / ".complete.json"
-    recipe = {"domain": domain.as_dict(), "count": count, "seed": seed}
+    recipe = {"domain": domain.as_dict(), "count": count, "seed": seed, "split": split}
     if manifest.is_file() and read_json(done) == recipe:
         return manifest
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -298,6 +320,9 @@ def synthesize_source(domain: SourceDomain, out_dir: Path, count: int, seed: int
         sentences = out_dir.parent / f".{out_dir.name}-sentences.txt"
         sentences.write_text("\n".join(" ".join(rng.choice(domain.vocabulary) for _ in range(rng.randint(lo, hi)))
                                        for _ in range(count)) + "\n")
+        cfg = replace(cfg, sentences_file=sentences)
+    elif domain.natural_text and _natural_sentences(
+            domain, sentences := out_dir.parent / f".{out_dir.name}-sentences.txt", count, seed, split):
         cfg = replace(cfg, sentences_file=sentences)
     else:
         cfg = replace(cfg, words=domain.words)
@@ -315,8 +340,9 @@ def source_dev_manifest(spec, domain: SourceDomain, run_dir: Path) -> tuple[Path
         if not (out / "manifest.jsonl").is_file():
             _subset_manifest(Path(domain.dev_manifest), out, SOURCE_DEV_MAX, spec.seed)
         return out / "manifest.jsonl", f"up to {SOURCE_DEV_MAX} utterances of the base model's dev set {domain.dev_manifest}"
-    manifest = synthesize_source(domain, out, SOURCE_DEV_UTTERANCES, seed=10_000 + spec.seed)
-    vocab = f"its {len(domain.vocabulary)}-word vocabulary" if domain.vocabulary else "generated English"
+    manifest = synthesize_source(domain, out, SOURCE_DEV_UTTERANCES, seed=10_000 + spec.seed, split="dev")
+    vocab = (f"its {len(domain.vocabulary)}-word vocabulary" if domain.vocabulary
+             else "natural sentences (`data text`, dev split)" if domain.natural_text else "generated English")
     return manifest, f"{SOURCE_DEV_UTTERANCES} utterances synthesized in the base model's voices ({', '.join(domain.voices)}) and {vocab}"
 
 
