@@ -21,6 +21,9 @@ phrase bonus): correct, but each word costs a Python call (see README "Language 
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
@@ -165,6 +168,32 @@ def _phrase_lm(sequences: list[tuple[list[int], float]]):
     return PhraseLM()
 
 
+_KENLM_PROGRESS = ("Loading the LM will be faster if you build a binary file", "Reading ", "----5---10---15",
+                   "*****")
+
+
+def load_kenlm(arpa, word_dict):
+    """flashlight's KenLM over `arpa`, without the progress bar KenLM's loader writes to the process's stderr
+    (it would break `serve --log-format json`, one JSON object per line). File descriptor 2 goes to a temporary
+    file while the file loads; whatever other threads wrote there meanwhile is written back afterwards."""
+    from flashlight.lib.text.decoder.kenlm import KenLM
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            return KenLM(str(arpa), word_dict)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            other = [line for line in caught.read().decode("utf-8", "replace").splitlines(keepends=True)
+                     if line.strip() and not line.startswith(_KENLM_PROGRESS)]
+            if other:
+                os.write(2, "".join(other).encode())
+
+
 def _boosted_kenlm(kenlm, lm_weight: float, sequences: list[tuple[list[int], float]]):
     """KenLM (times `lm_weight`) plus phrase boosting, as one flashlight LM. A state is a word history: the
     pair (KenLM state, phrase trie node) is kept per state, and the states are made afresh for each search."""
@@ -256,9 +285,7 @@ class BeamDecoder:
                 lm_weight=1.0, sil_score=cfg.sil_score, log_add=False, criterion_type=CriterionType.CTC,
             )
         if self.lm is not None:
-            from flashlight.lib.text.decoder.kenlm import KenLM
-
-            kenlm = KenLM(str(self.lm.arpa), word_dict)  # phrase words beyond the lexicon: a new word order
+            kenlm = load_kenlm(self.lm.arpa, word_dict)  # phrase words beyond the lexicon: a new word order
             lm = _boosted_kenlm(kenlm, cfg.lm_weight, seqs) if phrases else kenlm
         else:
             lm = _phrase_lm(seqs) if phrases else ZeroLM()
@@ -269,7 +296,6 @@ class BeamDecoder:
         """A lexicon decoder with the LM whose lexicon trie (84k words take seconds to insert and smear) is built
         once and shared by every phrase set whose words the lexicon has."""
         from flashlight.lib.text.decoder import CriterionType, LexiconDecoder, LexiconDecoderOptions, SmearingMode, Trie
-        from flashlight.lib.text.decoder.kenlm import KenLM
         from flashlight.lib.text.dictionary import Dictionary, create_word_dict
         from torchaudio.models.decoder import CTCDecoder
 
@@ -279,7 +305,7 @@ class BeamDecoder:
                 lexicon = {w: [list(w) + ["|"]] for w in self.lexicon}
                 lexicon["<unk>"] = [["<unk>"]]
                 word_dict = create_word_dict(lexicon)
-                kenlm = KenLM(str(self.lm.arpa), word_dict)
+                kenlm = load_kenlm(self.lm.arpa, word_dict)
                 trie = Trie(tokens_dict.index_size(), 1)
                 start = kenlm.start(False)
                 for w in self.lexicon:  # smeared with the unigram scores, as torchaudio does
