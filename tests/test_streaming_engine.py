@@ -20,7 +20,7 @@ BASE = Path(__file__).resolve().parents[1] / "asr" / "models" / "base-en"
 
 @pytest.fixture(scope="module")
 def sentences(tmp_path_factory):
-    """Five synthesized sentences from base-en's vocabulary, int16 at 16 kHz, with a second of silence after."""
+    """Five synthesized sentences of the 1,000 most common words, int16 at 16 kHz, with a second of silence after."""
     from speechadapt.training.synth import SynthConfig, synthesize
 
     out = tmp_path_factory.mktemp("sentences")
@@ -109,7 +109,8 @@ def test_the_vad_must_agree_before_an_utterance_ends(sentences, vad, finals):
     from speechadapt.asr import EndpointConfig, Stream, load_model
 
     model = load_model(BASE)
-    noise = np.random.default_rng(0).standard_normal(int(1.5 * 16000)).astype(np.float32) * 0.01
+    # faint (-50 dBFS): at -40 dBFS base-en (trained with noise) starts hearing fricatives in white noise
+    noise = np.random.default_rng(0).standard_normal(int(1.5 * 16000)).astype(np.float32) * 0.003
     a, b = (s.astype(np.float32)[: -16000] / 32768 for s in sentences[:2])
     audio = np.concatenate([a, noise, b, np.zeros(16000, np.float32)])
     stream = Stream(model, 16000, EndpointConfig(vad=vad))
