@@ -2,9 +2,10 @@
 # `make demo`: the product's main path end to end, in 8-9 minutes on a busy 2-core machine.
 #   1. start the server (fresh model store: the shipped base-en model serves; adaptation jobs on a local Ray
 #      head that the server starts on 127.0.0.1 and stops with itself)
-#   2. synthesize a ~5-minute target-accent training set (en-gb-scotland, 8 speaker variants, the base model's
-#      1,000-word vocabulary), a dev set (other sentences), a source-domain dev set (en-us/en-gb, for the
-#      forgetting gate) and held-out test utterances (other sentences *and* 4 speaker variants never trained on)
+#   2. synthesize a ~5-minute target-accent training set (en-gb-scotland, 8 speaker variants, natural English
+#      sentences from `speechadapt data text`), a dev set (its dev split), a source-domain dev set (en-us/en-gb,
+#      for the forgetting gate) and held-out test utterances (the test split *and* 4 speaker variants never
+#      trained on)
 #   3. submit an adaptation job (uploading the data), show its progress, print the final job record (JSON)
 #   4. stream held-out utterances to base-en and to the adapted model; print transcripts and WERs
 # Outputs stay in $DEMO_DIR (default .cache/demo); each run starts from an empty store and job state there.
@@ -92,15 +93,21 @@ echo "== 1. starting the server (empty model store: the default whisper-tiny-en,
 "$SA" serve --host 127.0.0.1 --port 0 --model-store "$STORE" --state-dir "$STATE" >"$LOG" 2>&1 &
 SERVER=$!
 
-echo "== 2. synthesizing data while it starts (espeak-ng, the base model's 1,000-word vocabulary) =="
-synth() { "$SA" data synth --vocab-size 1000 --quiet "$@"; }
+echo "== 2. synthesizing data while it starts (espeak-ng, natural English sentences) =="
+# text: `data text` splits its sentences by a hash into train, dev and test, so dev and test never overlap training
+text() { "$SA" data text --out "$DATA/text/$1.txt" --split "$2" --sentences "$3" --seed "$4" --words 4:14 "${@:5}"; }
+text train train 2000 101
+text dev dev "$DEV_COUNT" 102
+text test test "$TEST_COUNT" 103
+text source-dev dev "$SOURCE_DEV_COUNT" 104 --exclude "$DATA/text/dev.txt"
+synth() { "$SA" data synth --quiet "$@"; }
 # target accent: 8 speaker variants (the plain voice, m1 f1 m3 f2 m2 f3 m4) for training and dev ...
-synth --out "$DATA/train" --voices "$ACCENT" --variants 8 --hours "$TRAIN_HOURS" --seed 101
-synth --out "$DATA/dev" --voices "$ACCENT" --variants 8 --count "$DEV_COUNT" --seed 102
-# ... held-out test: other sentences, spoken by 4 variants that neither base-en nor the adaptation ever heard
-synth --out "$DATA/test" --voices "$ACCENT" --variants f5,m6,m7,m8 --count "$TEST_COUNT" --seed 103
+synth --out "$DATA/train" --voices "$ACCENT" --variants 8 --sentences "$DATA/text/train.txt" --hours "$TRAIN_HOURS" --seed 101
+synth --out "$DATA/dev" --voices "$ACCENT" --variants 8 --sentences "$DATA/text/dev.txt" --seed 102
+# ... held-out test: test-split sentences, spoken by 4 variants that neither base-en nor the adaptation ever heard
+synth --out "$DATA/test" --voices "$ACCENT" --variants f5,m6,m7,m8 --sentences "$DATA/text/test.txt" --seed 103
 # the base model's own domain (its voices and speakers, new sentences): the gate checks it is not forgotten
-synth --out "$DATA/source-dev" --voices en-us,en-gb --variants 10 --count "$SOURCE_DEV_COUNT" --seed 104
+synth --out "$DATA/source-dev" --voices en-us,en-gb --variants 10 --sentences "$DATA/text/source-dev.txt" --seed 104
 
 ADDR=
 for _ in $(seq 1200); do
@@ -151,8 +158,8 @@ EOF
 echo
 echo "== 3. submitting the adaptation job ($DEMO_DIR/job.yaml) =="
 grep -v '^#' "$DEMO_DIR/job.yaml" | sed 's/^/  /'
-echo "(progress lines show the dev WER of greedy decoding; the job's before/after WERs, like the server, decode"
-echo " with base-en's lexicon beam search)"
+echo "(progress lines and the job's before/after WERs decode as the server does: a beam search with base-en's"
+echo " word LM; a checkpoint whose source dev WER is over the limit is never kept)"
 JOB_RC=0
 "$SA" jobs submit "$DEMO_DIR/job.yaml" --server "$ADDR" --upload --wait --timeout "$TIMEOUT" --json \
   >"$DEMO_DIR/job.json" || JOB_RC=$?

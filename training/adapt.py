@@ -501,16 +501,18 @@ def _base_net(job: TrainJob):
     return net.train(), plan, tokenizer, features
 
 
-def _lexicon_for(base_path: str, examples) -> dict:
-    """The adapted model's decoding: the base's lexicon plus the target's words (a base without a lexicon
-    keeps decoding characters), and the base's beam options."""
-    from speechadapt.asr.package import lexicon_from_texts, read_card, read_lexicon
+def _lexicon_for(base_path: str, examples) -> tuple[dict, object]:
+    """({lexicon, decoding}, lm): the adapted model's decoding, i.e. the base's lexicon plus the target's words (a
+    base without a lexicon keeps decoding characters) and the base's beam options, and the base's word LM (None
+    without one), which the candidate inherits (carry_lm): checkpoints are scored during training with it, as the
+    gate will score them."""
+    from speechadapt.asr.package import lexicon_from_texts, read_card, read_lexicon, read_package_lm
 
     card = read_card(base_path)
     words = read_lexicon(base_path, card)
     if words is not None:
         words = sorted(set(words) | set(lexicon_from_texts(e.text for e in examples)))
-    return {"lexicon": words, "decoding": card.decoding}
+    return {"lexicon": words, "decoding": card.decoding}, read_package_lm(base_path, card)
 
 
 def _worker_loop(config: dict) -> dict | None:
@@ -546,9 +548,10 @@ def _worker_loop(config: dict) -> dict | None:
     dev = _load_examples(job.dev_manifest, tokenizer, features)
     replay = _load_examples(job.replay_manifest, tokenizer, features) if job.replay_manifest else []
     model = ray.train.torch.prepare_model(net)  # moves net to the device; DDP when world > 1
-    decoding = _lexicon_for(job.base_path, train)
-    decoder = None if decoding["lexicon"] is None else \
-        BeamDecoder(tokenizer, decoding["lexicon"], BeamConfig.from_dict(decoding["decoding"] or {}))
+    decoding, lm = _lexicon_for(job.base_path, train)  # decoding: what the candidate's card gets
+    decoder = None if decoding["lexicon"] is None and lm is None else BeamDecoder(
+        tokenizer, decoding["lexicon"], BeamConfig.from_dict({**(decoding["decoding"] or {}), **(lm.decoding if lm else {})}),
+        lm=lm)
     source_dev = _load_examples(job.source_dev_manifest, tokenizer, features) if job.source_dev_manifest else []
     trainer = Trainer(tc, net, tokenizer, train, dev, model=model, rank=rank, world_size=world,
                       param_groups=plan.param_groups, replay=replay, decoder=decoder, gather=gather,
