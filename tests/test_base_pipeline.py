@@ -93,7 +93,7 @@ def test_model_card_lists_voices_text_sources_and_the_lm(tmp_path):
     from speechadapt.training import corpus_text, model_card
 
     package = tmp_path / "base-en"
-    shutil.copytree(BUILTIN_DIR / "base-en", package, ignore=shutil.ignore_patterns("lm"))
+    shutil.copytree(BUILTIN_DIR / "base-en", package)  # its own LM: attach below replaces it
     text = tmp_path / "text" / "train.txt"
     assert corpus_text.main(["--out", str(text), "--split", "train", "--sentences", "60", "--seed", "1"]) == 0
     corpus = tmp_path / "corpus"

@@ -217,9 +217,10 @@ def test_serve_json_logs_a_line_per_rpc_and_job_transition_and_serves_metrics(tm
         with SpeechClient(address, token="", timeout=60) as c, pytest.raises(SpeechAdaptError) as refused:
             c.list_models()
         assert refused.value.code == "UNAUTHENTICATED"
+        # counted when the server's handler returns, which may be just after the client has its answer
+        wait_for(lambda: value(scrape(metrics_port), "speechadapt_rpcs_total", method="/speechadapt.v1.Models/ListModels",
+                               code="UNAUTHENTICATED") == 1, timeout=30, what="the refused ListModels counted")
         s = scrape(metrics_port)
-        assert value(s, "speechadapt_rpcs_total", method="/speechadapt.v1.Models/ListModels",
-                     code="UNAUTHENTICATED") == 1
         assert value(s, "speechadapt_jobs", state="FAILED") == 1
     finally:
         proc.send_signal(signal.SIGTERM)
