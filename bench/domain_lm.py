@@ -1,12 +1,12 @@
-"""What a job's `domain_text` buys: base-en on kitchen sentences (half their words outside its 1,000-word lexicon)
-decoded with no LM, a general LM, the domain text's own LM (what a job builds for a base without an LM) and the
-domain text mixed into the general LM (what a job builds for a base with one: weight by dev perplexity).
+"""What a job's `domain_text` buys: base-en on kitchen sentences decoded over its own lexicon alone (no LM), with
+the general LM it ships, with the domain text's own LM (what a job builds for a base without an LM) and with the
+domain text mixed into the shipped LM (what a job on base-en builds: weight by dev perplexity).
 
     python bench/domain_lm.py [--out bench/results/domain_lm.json] [--work DIR]
 
 Text: bench/data/kitchen_train.txt (60 sentences, the job's domain_text), kitchen_dev.txt (10, the job's dev
-transcripts: only their text picks the weight), kitchen_test.txt (20 other sentences, spoken). General LM:
-`speechadapt data text --sentences 10000 --seed 1` through `speechadapt lm build` (+ the broad word list). Audio:
+transcripts: only their text picks the weight), kitchen_test.txt (20 other sentences, spoken). General LM: the
+one base-en ships (`make base-en`: 40,000 `data text` sentences + the broad word list). Audio:
 espeak-ng en-us and en-gb, speaker variants base-en never heard (f5 m6 m7 m8). A general-English check: the 20
 Harvard sentences of bench/data/ordinary_sentences.txt, spoken the same way, with each LM. WER after normalisation.
 """
@@ -17,7 +17,6 @@ import argparse
 import json
 import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,17 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     from speechadapt.asr.evaluation import evaluate
     from speechadapt.asr.inference import load_model
-    from speechadapt.lm import attach
+    from speechadapt.lm import detach
     from speechadapt.training.domain_lm import build_job_lm, with_lm
 
     t0 = time.monotonic()
     work = a.work
     work.mkdir(parents=True, exist_ok=True)
-    cli = [str(Path(sys.executable).with_name("speechadapt"))]
-    general_txt, general_lm = work / "general.txt", work / "general_lm"
-    if not (general_lm / "lm.json").is_file():
-        subprocess.run([*cli, "data", "text", "--out", str(general_txt), "--sentences", "10000", "--seed", "1"], check=True)
-        subprocess.run([*cli, "lm", "build", "--text", str(general_txt), "--out", str(general_lm)], check=True)
     harvard = work / "harvard.txt"
     harvard.write_text("\n".join([l for l in (DATA / "ordinary_sentences.txt").read_text().splitlines()
                                   if l.strip() and not l.startswith("#")][:20]) + "\n")
@@ -64,24 +58,24 @@ def main(argv: list[str] | None = None) -> int:
     general_test = _speak(harvard, work / "harvard_test", 23)
 
     characters = tuple(json.loads((BASE / "model.json").read_text())["tokenizer"]["tokens"][2:])
-    general_pkg = work / "pkg-general"
-    if not (general_pkg / "lm" / "lm.json").is_file():
-        shutil.rmtree(general_pkg, ignore_errors=True)
-        shutil.copytree(BASE, general_pkg)
-        attach(general_pkg, general_lm)
+    for stale in ("pkg-none", "pkg-domain", "pkg-mixed", "lm-domain", "lm-mixed"):  # built from the base: afresh
+        shutil.rmtree(work / stale, ignore_errors=True)
+    bare = work / "pkg-none"
+    shutil.copytree(BASE, bare)
+    detach(bare)
     texts = [str(DATA / "kitchen_train.txt")]
     t = time.monotonic()
-    domain_only = build_job_lm(texts, BASE, str(dev), characters, work / "lm-domain")
+    domain_only = build_job_lm(texts, bare, str(dev), characters, work / "lm-domain")
     domain_s = time.monotonic() - t
     t = time.monotonic()
-    mixed = build_job_lm(texts, general_pkg, str(dev), characters, work / "lm-mixed")
+    mixed = build_job_lm(texts, BASE, str(dev), characters, work / "lm-mixed")
     mixed_s = time.monotonic() - t
     models = {
-        "no LM (1,000-word lexicon)": BASE,
-        "general LM (data text, 10k sentences + broad list)": general_pkg,
-        "domain text alone (job, base without LM)": with_lm(BASE, work / "lm-domain", work / "pkg-domain"),
-        f"domain text mixed into the general LM (job, weight {mixed['weight']:g})": with_lm(general_pkg, work / "lm-mixed",
-                                                                                              work / "pkg-mixed"),
+        "its own lexicon alone (no LM)": bare,
+        "the LM base-en ships (general: 40k data text sentences + broad list)": BASE,
+        "domain text alone (job on a base without an LM)": with_lm(bare, work / "lm-domain", work / "pkg-domain"),
+        f"domain text mixed into the shipped LM (job on base-en, weight {mixed['weight']:g})":
+            with_lm(BASE, work / "lm-mixed", work / "pkg-mixed"),
     }
     lex = {l.split("\t")[0] for l in (BASE / "lexicon.txt").read_text().splitlines()}
     words = [w for l in (DATA / "kitchen_test.txt").read_text().splitlines() for w in re.findall(r"[a-z']+", l.lower())]
@@ -102,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"| {r['decoding']} | {r['kitchen_test_wer']:.1%} | {r['harvard_wer']:.1%} |")
     ppl = mixed["dev_perplexity"]
-    print(f"\nweight {mixed['weight']:g} (dev perplexity by weight: {mixed['weights']}); dev perplexity: general LM "
+    print(f"\nweight {mixed['weight']:g} (dev perplexity by weight: {mixed['weights']}); dev perplexity: shipped LM "
           f"{ppl['base_lm']:.1f}, domain text alone {ppl['domain_lm']:.1f}, mixed {ppl['mixed']:.1f}; "
           f"domain-only LM {domain_only['dev_perplexity']['domain_lm']:.1f}; {out['test_tokens_outside_base_lexicon']}"
           f"/{out['test_tokens']} test words outside base-en's lexicon; {out['wall_seconds']:.0f} s -> {a.out}")

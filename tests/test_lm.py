@@ -178,16 +178,6 @@ def test_lm_build_cli_refuses_bad_input(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------------ packages
 
-def _without_lm(folder: Path) -> Path:
-    """The package in `folder` with its LM taken out (the folder, its files in the card, lineage.lm)."""
-    shutil.rmtree(folder / "lm", ignore_errors=True)
-    data = json.loads((folder / "model.json").read_text())
-    data["files"] = {k: v for k, v in data["files"].items() if not k.startswith("lm/")}
-    data.get("lineage", {}).pop("lm", None)
-    (folder / "model.json").write_text(json.dumps(data, indent=2))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def base_copy(tmp_path_factory):
     """base-en without its LM (the shipped one carries one): these tests attach their own."""
@@ -195,7 +185,10 @@ def base_copy(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("pkg") / "base-en"
     shutil.copytree(BUILTIN_DIR / "base-en", folder)
-    return _without_lm(folder)
+    from speechadapt.lm import detach
+
+    detach(folder)
+    return folder
 
 
 def _build(tmp_path: Path, lines: list[str], broad: str | None = "/usr/share/dict/words", name: str = "lm") -> Path:
@@ -227,6 +220,12 @@ def test_attached_lm_loads_and_a_tampered_one_is_refused(tmp_path, base_copy):
     assert {"lm/lm.arpa", "lm/lexicon.txt", "lm/lm.json"} <= set(card.files)
     model = load_model(pkg)
     assert model.lm is not None and "window" in model.lm.words and model.beam.lm is model.lm
+    bare = tmp_path / "bare"  # detach: the package loads without an LM again
+    shutil.copytree(pkg, bare)
+    from speechadapt.lm import detach
+
+    assert not any(k.startswith("lm/") for k in detach(bare)["files"]) and not (bare / "lm").exists()
+    assert load_model(bare).lm is None
 
     arpa = pkg / "lm" / "lm.arpa"
     arpa.write_text(arpa.read_text().replace("window", "widow"))

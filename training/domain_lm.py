@@ -96,16 +96,12 @@ def build_job_lm(texts: list[str], base_path: str | Path, dev_manifest: str, cha
 
 def with_lm(package: Path, lm_dir: Path, out: Path) -> Path:
     """A copy of `package` (without its own LM) at `out` with `lm_dir` attached; kept when already there."""
-    from speechadapt.lm import attach
+    from speechadapt.lm import attach, detach
 
     if (out / "lm" / INFO).is_file() and sha256_file(out / "lm" / INFO) == sha256_file(lm_dir / INFO):
         return out
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(package, out, ignore=shutil.ignore_patterns("lm"))
-    from speechadapt.asr.package import CARD
-
-    card = json.loads((out / CARD).read_text(encoding="utf-8"))
-    card["files"] = {k: v for k, v in card["files"].items() if not k.startswith("lm/")}
-    (out / CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    detach(out)
     attach(out, lm_dir)
     return out

@@ -259,6 +259,21 @@ def attach(model: str | Path, lm: str | Path) -> dict:
     return data
 
 
+def detach(model: str | Path) -> dict:
+    """Take the LM out of a model package, in place: the card stops listing `lm/` files (and lineage.lm) first,
+    then the folder goes. Returns the updated card (as JSON)."""
+    from speechadapt.asr.package import CARD
+
+    model = Path(model)
+    data = json.loads((model / CARD).read_text(encoding="utf-8"))
+    data["files"] = {k: v for k, v in data["files"].items() if not k.startswith(PACKAGE_DIR + "/")}
+    if isinstance(data.get("lineage"), dict):
+        data["lineage"].pop("lm", None)
+    _write_json(model / CARD, data)
+    shutil.rmtree(model / PACKAGE_DIR, ignore_errors=True)
+    return data
+
+
 # -- CLI (speechadapt lm build / attach)
 
 
