@@ -168,8 +168,14 @@ def _phrase_lm(sequences: list[tuple[list[int], float]]):
     return PhraseLM()
 
 
+_STDERR = threading.Lock()  # fd 2 is the process's: one KenLM load diverts it at a time
 _KENLM_PROGRESS = ("Loading the LM will be faster if you build a binary file", "Reading ", "----5---10---15",
                    "*****")
+
+
+def model_beam_config(decoding: dict | None, lm: LmFiles | None) -> BeamConfig:
+    """A model's beam options: its card's `decoding`, overridden by its word LM's (lm.json) when it has one."""
+    return BeamConfig.from_dict({**(decoding or {}), **(lm.decoding if lm is not None else {})})
 
 
 def load_kenlm(arpa, word_dict):
@@ -178,9 +184,9 @@ def load_kenlm(arpa, word_dict):
     file while the file loads; whatever other threads wrote there meanwhile is written back afterwards."""
     from flashlight.lib.text.decoder.kenlm import KenLM
 
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as caught:
+    with _STDERR, tempfile.TemporaryFile() as caught:
+        sys.stderr.flush()
+        saved = os.dup(2)
         os.dup2(caught.fileno(), 2)
         try:
             return KenLM(str(arpa), word_dict)

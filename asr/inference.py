@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from speechadapt.asr.audio import load_audio
-from speechadapt.asr.beam import BeamConfig, BeamDecoder, Phrase, parse_phrases
+from speechadapt.asr.beam import BeamDecoder, Phrase, model_beam_config, parse_phrases
 from speechadapt.asr.decoding import Hypothesis, greedy_decode
 from speechadapt.asr.features import FeatureConfig, fbank
 from speechadapt.asr.model import ConformerCTC
@@ -34,8 +34,8 @@ class AsrModel:
     beam: BeamDecoder = field(init=False, repr=False)
 
     def __post_init__(self):
-        decoding = {**self.card.decoding, **(self.lm.decoding if self.lm else {})}
-        self.beam = BeamDecoder(self.tokenizer, self.lexicon, BeamConfig.from_dict(decoding), lm=self.lm)
+        config = model_beam_config(self.card.decoding, self.lm)
+        self.beam = BeamDecoder(self.tokenizer, self.lexicon, config, lm=self.lm)
         if self.lm is not None:
             self.beam.warm()  # seconds for a broad lexicon: at load, not at the first final
 
