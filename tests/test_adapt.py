@@ -338,7 +338,9 @@ def test_source_speech_for_a_base_trained_on_data_text(tmp_path):
         texts = (tmp_path / f".{split}-sentences.txt").read_text().splitlines()
         assert [r["text"] for r in rows] == texts[:4]
         assert all(split_of(t) == split for t in texts)  # templated ones too
+    made = (tmp_path / "dev" / "manifest.jsonl").stat().st_mtime_ns
     assert synthesize_source(d, tmp_path / "dev", 4, seed=5, split="dev") == tmp_path / "dev" / "manifest.jsonl"
+    assert (tmp_path / "dev" / "manifest.jsonl").stat().st_mtime_ns == made  # the same recipe: reused, not redone
 
 
 # ---------------------------------------------------------------------------------------------------------

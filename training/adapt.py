@@ -306,7 +306,7 @@ def synthesize_source(domain: SourceDomain, out_dir: Path, count: int, seed: int
     from speechadapt.training.synth import SynthConfig, list_variants, list_voices, synthesize
 
     manifest, done = out_dir / "manifest.jsonl", out_dir / ".complete.json"
-    recipe = {"domain": domain.as_dict(), "count": count, "seed": seed, "split": split}
+    recipe = json.loads(json.dumps({"domain": domain.as_dict(), "count": count, "seed": seed, "split": split}))  # as stored
     if manifest.is_file() and read_json(done) == recipe:
         return manifest
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -521,7 +521,7 @@ def _worker_loop(config: dict) -> dict | None:
     import ray.train
     import ray.train.torch
 
-    from speechadapt.asr.beam import BeamConfig, BeamDecoder
+    from speechadapt.asr.beam import BeamDecoder, model_beam_config
     from speechadapt.training.loop import Trainer, lr_at
     from speechadapt.training.pretrain import (_quiet_reports, export_package, rank_gather, report_checkpoint,
                                                restore_checkpoint)
@@ -549,9 +549,8 @@ def _worker_loop(config: dict) -> dict | None:
     replay = _load_examples(job.replay_manifest, tokenizer, features) if job.replay_manifest else []
     model = ray.train.torch.prepare_model(net)  # moves net to the device; DDP when world > 1
     decoding, lm = _lexicon_for(job.base_path, train)  # decoding: what the candidate's card gets
-    decoder = None if decoding["lexicon"] is None and lm is None else BeamDecoder(
-        tokenizer, decoding["lexicon"], BeamConfig.from_dict({**(decoding["decoding"] or {}), **(lm.decoding if lm else {})}),
-        lm=lm)
+    decoder = None if decoding["lexicon"] is None and lm is None else \
+        BeamDecoder(tokenizer, decoding["lexicon"], model_beam_config(decoding["decoding"], lm), lm=lm)
     source_dev = _load_examples(job.source_dev_manifest, tokenizer, features) if job.source_dev_manifest else []
     trainer = Trainer(tc, net, tokenizer, train, dev, model=model, rank=rank, world_size=world,
                       param_groups=plan.param_groups, replay=replay, decoder=decoder, gather=gather,
