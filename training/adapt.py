@@ -306,7 +306,8 @@ def synthesize_source(domain: SourceDomain, out_dir: Path, count: int, seed: int
     from speechadapt.training.synth import SynthConfig, list_variants, list_voices, synthesize
 
     manifest, done = out_dir / "manifest.jsonl", out_dir / ".complete.json"
-    recipe = json.loads(json.dumps({"domain": domain.as_dict(), "count": count, "seed": seed, "split": split}))  # as stored
+    recipe = {"domain": domain.as_dict(), "count": count, "seed": seed, "split": split}
+    recipe = json.loads(json.dumps(recipe))  # as .complete.json holds it: lists, not tuples
     if manifest.is_file() and read_json(done) == recipe:
         return manifest
     shutil.rmtree(out_dir, ignore_errors=True)
