@@ -324,7 +324,7 @@ def test_source_speech_for_a_base_trained_on_data_text(tmp_path):
     """A base whose card says its text came from `data text` (lineage.text_sources) and whose corpus is not on
     this machine: the gate's source dev set and the replay set are synthesized from natural sentences of the
     dev and train splits (never the test split), in the base's espeak-ng voices."""
-    from speechadapt.training.adapt import source_domain, synthesize_source
+    from speechadapt.training.adapt import SourceDomain, source_domain, synthesize_source, synthesized_from
     from speechadapt.training.corpus_text import split_of
 
     lineage = {"config": {"train_manifest": "/elsewhere/train/manifest.jsonl"}, "voices": ["en-us", "flite:kal16"],
@@ -341,6 +341,11 @@ def test_source_speech_for_a_base_trained_on_data_text(tmp_path):
     made = (tmp_path / "dev" / "manifest.jsonl").stat().st_mtime_ns
     assert synthesize_source(d, tmp_path / "dev", 4, seed=5, split="dev") == tmp_path / "dev" / "manifest.jsonl"
     assert (tmp_path / "dev" / "manifest.jsonl").stat().st_mtime_ns == made  # the same recipe: reused, not redone
+    # the job's description names the voices and text the set really has (flite is not an espeak-ng voice)
+    assert synthesized_from(tmp_path / "dev") == \
+        "the base model's voices (en-us) and natural sentences (`data text`, dev split)"
+    synthesize_source(SourceDomain(), tmp_path / "plain", 2, seed=7)  # no vocabulary, no data text: generated
+    assert synthesized_from(tmp_path / "plain").endswith("and generated English")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -308,7 +308,7 @@ def synthesize_source(domain: SourceDomain, out_dir: Path, count: int, seed: int
     manifest, done = out_dir / "manifest.jsonl", out_dir / ".complete.json"
     recipe = {"domain": domain.as_dict(), "count": count, "seed": seed, "split": split}
     recipe = json.loads(json.dumps(recipe))  # as .complete.json holds it: lists, not tuples
-    if manifest.is_file() and read_json(done) == recipe:
+    if manifest.is_file() and (read_json(done) or {}).get("recipe") == recipe:
         return manifest
     shutil.rmtree(out_dir, ignore_errors=True)
     known_voices = set(list_voices())
@@ -321,15 +321,21 @@ def synthesize_source(domain: SourceDomain, out_dir: Path, count: int, seed: int
         sentences = out_dir.parent / f".{out_dir.name}-sentences.txt"
         sentences.write_text("\n".join(" ".join(rng.choice(domain.vocabulary) for _ in range(rng.randint(lo, hi)))
                                        for _ in range(count)) + "\n")
-        cfg = replace(cfg, sentences_file=sentences)
+        cfg, text = replace(cfg, sentences_file=sentences), f"its {len(domain.vocabulary)}-word vocabulary"
     elif domain.natural_text and _natural_sentences(
             domain, sentences := out_dir.parent / f".{out_dir.name}-sentences.txt", count, seed, split):
-        cfg = replace(cfg, sentences_file=sentences)
+        cfg, text = replace(cfg, sentences_file=sentences), f"natural sentences (`data text`, {split} split)"
     else:
-        cfg = replace(cfg, words=domain.words)
+        cfg, text = replace(cfg, words=domain.words), "generated English"
     synthesize(cfg)
-    write_json_atomic(done, recipe)
+    write_json_atomic(done, {"recipe": recipe, "text": text, "voices": voices})
     return manifest
+
+
+def synthesized_from(out_dir: Path) -> str:
+    """What a `synthesize_source` set in out_dir says: its voices and where its sentences came from."""
+    done = read_json(out_dir / ".complete.json") or {}
+    return f"the base model's voices ({', '.join(done.get('voices', []))}) and {done.get('text', 'unknown text')}"
 
 
 def source_dev_manifest(spec, domain: SourceDomain, run_dir: Path) -> tuple[Path, str]:
@@ -342,9 +348,7 @@ def source_dev_manifest(spec, domain: SourceDomain, run_dir: Path) -> tuple[Path
             _subset_manifest(Path(domain.dev_manifest), out, SOURCE_DEV_MAX, spec.seed)
         return out / "manifest.jsonl", f"up to {SOURCE_DEV_MAX} utterances of the base model's dev set {domain.dev_manifest}"
     manifest = synthesize_source(domain, out, SOURCE_DEV_UTTERANCES, seed=10_000 + spec.seed, split="dev")
-    vocab = (f"its {len(domain.vocabulary)}-word vocabulary" if domain.vocabulary
-             else "natural sentences (`data text`, dev split)" if domain.natural_text else "generated English")
-    return manifest, f"{SOURCE_DEV_UTTERANCES} utterances synthesized in the base model's voices ({', '.join(domain.voices)}) and {vocab}"
+    return manifest, f"{SOURCE_DEV_UTTERANCES} utterances synthesized in {synthesized_from(out)}"
 
 
 def replay_manifest(spec, domain: SourceDomain, run_dir: Path, target_utterances: int) -> tuple[Path, str]:
@@ -355,7 +359,8 @@ def replay_manifest(spec, domain: SourceDomain, run_dir: Path, target_utterances
         if not (out / "manifest.jsonl").is_file():
             _subset_manifest(Path(domain.train_manifest), out, max(200, 4 * target_utterances), spec.seed + 1)
         return out / "manifest.jsonl", f"the base model's training data {domain.train_manifest}"
-    return synthesize_source(domain, out, count, seed=20_000 + spec.seed), f"{count} synthesized source utterances"
+    manifest = synthesize_source(domain, out, count, seed=20_000 + spec.seed)
+    return manifest, f"{count} source utterances synthesized in {synthesized_from(out)}"
 
 
 # ---------------------------------------------------------------------------------------------------------
