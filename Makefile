@@ -41,7 +41,8 @@ demo: install
 # engine (BASE_WEIGHTS: share of the audio per engine, split over its speakers) with speed/pitch variation,
 # noise and speed perturbation; a dev set the same way; Ray Train pretraining (training/configs/base-en.yaml);
 # benchmark on the test split spoken by espeak-ng variants not in training (and real speech), without the LM;
-# a pruned 3-gram LM of the train text attached to the package; benchmark with it; model card.
+# a pruned 3-gram LM of the train text attached to the package, its weights tuned on the dev set (`lm tune`);
+# benchmark with it; model card.
 # Writes everything under BASE_DIR (package: BASE_OUT); `make base-en-ship` then copies it into asr/models/base-en.
 # A rerun resumes an interrupted training (BASE_DIR/models/base-en/.runs); delete BASE_DIR/models to start over.
 # Smoke run (a few minutes): make base-en BASE_DIR=.cache/base-smoke BASE_HOURS=0.03 BASE_DEV=20 BASE_STEPS=20 \
@@ -86,6 +87,7 @@ base-en: install
 	    --out $(BASE_DIR)/bench/base_model_no_lm.json
 	$(PY) -m speechadapt.client.cli lm build --text $(BASE_DIR)/text/train.txt --order 3 \
 	    --prune $(BASE_LM_PRUNE) --out $(BASE_DIR)/lm --attach $(BASE_OUT)
+	$(PY) -m speechadapt.client.cli lm tune --model $(BASE_OUT) --dev $(BASE_DIR)/corpus/dev/manifest.jsonl
 	$(PY) bench/base_model.py --model $(BASE_OUT) --train-summary $(BASE_DIR)/corpus/train/summary.json \
 	    --test-text $(BASE_DIR)/text/test.txt --workdir $(BASE_DIR)/bench $(BASE_BENCH) \
 	    --out $(BASE_DIR)/bench/base_model.json

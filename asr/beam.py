@@ -342,6 +342,15 @@ class BeamDecoder:
             return 0
         return 180 * sum(len(w) + 1 for w in self.lexicon) + self.lm.arpa.stat().st_size
 
+    def with_config(self, cfg: BeamConfig) -> "BeamDecoder":
+        """The same lexicon and LM under other beam options (e.g. LM weights being tuned): the LM search (KenLM
+        and the lexicon trie, which the weights do not enter) is shared, not rebuilt."""
+        other = BeamDecoder(self.tokenizer, None, cfg, self._cache_size)
+        other.lm, other.lexicon, other._known = self.lm, self.lexicon, self._known
+        with self._lm_lock:
+            other._lm_search = self._lm_search
+        return other
+
     def warm(self) -> None:
         """Build the phrase-free decoder now (with an LM: load the ARPA file and the lexicon trie)."""
         self._decoder(())

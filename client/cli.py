@@ -697,8 +697,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "S seconds, then stop; a second SIGTERM or SIGINT stops at once; 0..3600 (default: 30)")
     p.set_defaults(_handler=_serve, _check=functools.partial(_check_serve, parser=p))
 
-    p = sub.add_parser("lm", help="word language models for open-vocabulary decoding: build, attach (in-process)")
-    speechadapt_lm.add_arguments(p)
+    p = sub.add_parser("lm", help="word language models for open-vocabulary decoding: build, attach, tune (in-process)")
+    _add_delegated(speechadapt_lm.add_arguments(p), "tune", "speechadapt.training.lm_tune",
+                   "choose a package's LM weights (lm_weight, word score) on a dev manifest", "lm tune")
 
     data = sub.add_parser("data", help="prepare training and evaluation data")
     data_sub = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)

@@ -425,3 +425,57 @@ def test_lm_decoding_opens_the_vocabulary_of_base_en(tmp_path):
     finally:
         server.stop()
     assert served == hyps[:4]
+
+
+def test_lm_tune_picks_the_best_weights_on_a_dev_set_and_records_them(tmp_path, base_copy, capsys):
+    """`speechadapt lm tune` on base-en with the LM it ships and 8 espeak-ng Harvard sentences: every grid point
+    (plus the current setting) is decoded; the lowest WER is written into lm/lm.json (with a "tuned" section) and
+    model.json's sha256 follows, so the package still verifies and serves with the new weights; --dry-run and bad
+    input leave the package as it was."""
+    pytest.importorskip("torch")
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is required: apt-get install espeak-ng (make test installs it)")
+    from speechadapt.asr import load_model
+    from speechadapt.asr.audio import load_audio
+    from speechadapt.asr.evaluation import error_rates
+    from speechadapt.asr.package import load_package
+    from speechadapt.asr.store import BUILTIN_DIR
+    from speechadapt.client.cli import main
+    from speechadapt.lm import sha256_file
+    from speechadapt.training.synth import SynthConfig, synthesize
+
+    lines = [s for s in SENTENCES.read_text().splitlines() if s and not s.startswith("#")][20:28]
+    (tmp_path / "dev.txt").write_text("\n".join(lines) + "\n")
+    synthesize(SynthConfig(out_dir=tmp_path / "dev", voices=["en-gb"], variants=["m2", "f4"],
+                           sentences_file=tmp_path / "dev.txt", count=8, seed=3, jobs=1, quiet=True))
+    dev = tmp_path / "dev" / "manifest.jsonl"
+    pkg = tmp_path / "base-en"
+    shutil.copytree(BUILTIN_DIR / "base-en", pkg)
+    info = pkg / "lm" / "lm.json"
+    before = info.read_bytes()
+    args = ["lm", "tune", "--model", str(pkg), "--dev", str(dev), "--lm-weights", "0.5", "2.5",
+            "--word-scores", "-1", "2"]
+
+    assert main([*args, "--dry-run"]) == 0
+    assert "not written (--dry-run)" in capsys.readouterr().out and info.read_bytes() == before
+    assert main(["lm", "tune", "--model", str(base_copy), "--dev", str(dev)]) == 2  # no LM in it
+    assert "has no word LM" in capsys.readouterr().err
+    assert main([*args[:6], "--lm-weights", "-1"]) == 2
+    assert "LM weights must lie in [0, 10]" in capsys.readouterr().err and info.read_bytes() == before
+
+    assert main([*args, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    current = json.loads(before)["decoding"]
+    points = {(r["lm_weight"], r["lm_word_score"]) for r in result["grid"]}
+    assert points == {(0.5, -1.0), (0.5, 2.0), (2.5, -1.0), (2.5, 2.0), (current["lm_weight"], current["lm_word_score"])}
+    assert result["dev_wer"] == min(r["wer"] for r in result["grid"]) <= result["before"]["dev_wer"]
+    written = json.loads(info.read_text())
+    assert {k: written["decoding"][k] for k in ("lm_weight", "lm_word_score")} == result["chosen"]
+    assert written["tuned"]["dev_sha256"] == sha256_file(dev) and written["tuned"]["utterances"] == 8
+    load_package(pkg)  # model.json lists the new lm.json's sha256
+    model = load_model(pkg)
+    assert (model.beam.cfg.lm_weight, model.beam.cfg.lm_word_score) == tuple(result["chosen"].values())
+    rows = [json.loads(x) for x in dev.read_text().splitlines()]
+    hyps = [model.transcribe(load_audio(tmp_path / "dev" / r["audio"], 16000)).text for r in rows]
+    assert error_rates([r["text"] for r in rows], hyps)[0] == pytest.approx(result["dev_wer"], abs=1e-4)
+    print(f"\nlm tune on 8 dev sentences: {result['before']} -> {result['chosen']} WER {result['dev_wer']:.1%}")

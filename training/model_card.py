@@ -109,6 +109,10 @@ def lm_summary(package: Path) -> dict | None:
     keep = ("order", "counts", "vocabulary", "text_words", "sources", "broad_words", "min_count", "prune",
             "smoothing", "decoding")
     out = {k: info.get(k) for k in keep}
+    if isinstance(info.get("tuned"), dict):  # `lm tune`: where the decoding weights came from (not every grid row)
+        t = info["tuned"]
+        out["tuned"] = {k: t.get(k) for k in ("dev_manifest", "utterances", "dev_wer", "before")}
+        out["tuned"]["grid_points"] = len(t.get("grid") or [])
     out["bytes"] = sum(p.stat().st_size for p in (package / PACKAGE_DIR).iterdir() if p.is_file())
     return out
 
@@ -136,7 +140,17 @@ def _lm_lines(lm: dict | None) -> list[str]:
             f"vocabulary {lm.get('vocabulary'):,} words ({lm.get('text_words'):,} from the text"
             + (f", the rest from {broad.get('path')}" if broad else "") + f"); {lm.get('bytes', 0) / 1e6:.1f} MB.",
             f"- Text: {texts} (the training text; the same licences as above).",
-            f"- Decoding with it: {lm.get('decoding')}. Interim results stay greedy; finals use the LM.", ""]
+            f"- Decoding with it: {lm.get('decoding')}. Interim results stay greedy; finals use the LM.",
+            *_tuned_lines(lm.get("tuned")), ""]
+
+
+def _tuned_lines(t: dict | None) -> list[str]:
+    if not t:
+        return []
+    b = t.get("before") or {}
+    return [f"- Weights tuned with `speechadapt lm tune` on {t.get('utterances')} dev utterances ({t.get('dev_manifest')}, "
+            f"{t.get('grid_points')} settings): dev WER {b.get('dev_wer', float('nan')):.1%} at lm_weight "
+            f"{b.get('lm_weight')}, word score {b.get('lm_word_score')} -> {t.get('dev_wer', float('nan')):.1%}."]
 
 
 def _rows_table(rows: list[dict]) -> list[str]:

@@ -1,4 +1,5 @@
-"""Word language models for character CTC models: `speechadapt lm build` and `speechadapt lm attach`.
+"""Word language models for character CTC models: `speechadapt lm build` and `speechadapt lm attach` (`lm tune`,
+which needs the acoustic model, is speechadapt.training.lm_tune).
 
 An LM folder holds `lm.arpa` (interpolated modified Kneser-Ney, speechadapt.ngram), `lexicon.txt` (every word
 of the LM's vocabulary spelled in the model's characters, `word<TAB>w o r d |`, as flashlight's lexicon
@@ -277,7 +278,8 @@ def detach(model: str | Path) -> dict:
 # -- CLI (speechadapt lm build / attach)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    """`build` and `attach`; returns the subparsers (the CLI adds `tune`, which runs the acoustic model)."""
     sub = parser.add_subparsers(dest="lm_command", metavar="COMMAND", required=True)
     p = sub.add_parser("build", help="build a word n-gram LM (ARPA, Kneser-Ney) and its lexicon from text",
                        description="Text is normalised like transcripts (numbers spelled out, lowercase a-z and '). "
@@ -310,6 +312,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None, metavar="NAME",
                    help="with --out: the copy's model name (its card's `name`), e.g. base-en-lm for STORE/base-en-lm/1")
     p.set_defaults(_handler=_run_attach)
+    return sub
 
 
 def _run_build(args: argparse.Namespace) -> int:
