@@ -72,9 +72,10 @@ def tune(cfg: TuneConfig, log=print) -> dict:
     refs = [u.text for u in utts]
     log(f"acoustic model over {len(utts)} dev utterances: {time.perf_counter() - t0:.1f} s")
     current = model.beam.cfg
+    now = (current.lm_weight, current.lm_word_score)
     points = list(itertools.product(sorted(set(cfg.lm_weights)), sorted(set(cfg.word_scores))))
-    if (current.lm_weight, current.lm_word_score) not in points:
-        points.append((current.lm_weight, current.lm_word_score))
+    if now not in points:
+        points.append(now)
     grid = []
     for weight, score in points:
         decoder = model.beam.with_config(replace(current, lm_weight=weight, lm_word_score=score))
@@ -85,12 +86,10 @@ def tune(cfg: TuneConfig, log=print) -> dict:
         grid.append({"lm_weight": weight, "lm_word_score": score, "wer": round(wer, 5), "cer": round(cer, 5),
                      "ms_per_utterance": round(1000 * seconds / len(logits), 2)})
         log(f"  lm_weight {weight:4.2f}  word score {score:+5.2f}  WER {wer:6.1%}  CER {cer:6.1%}")
-    is_current = {(current.lm_weight, current.lm_word_score)}
-    before = next(r for r in grid if (r["lm_weight"], r["lm_word_score"]) in is_current)
-    best = min(grid, key=lambda r: (r["wer"], (r["lm_weight"], r["lm_word_score"]) not in is_current, r["lm_weight"]))
+    before = grid[points.index(now)]
+    best = min(grid, key=lambda r: (r["wer"], (r["lm_weight"], r["lm_word_score"]) != now, r["lm_weight"]))
     result = {"chosen": {"lm_weight": best["lm_weight"], "lm_word_score": best["lm_word_score"]},
-              "dev_wer": best["wer"], "before": {"lm_weight": current.lm_weight,
-                                                   "lm_word_score": current.lm_word_score, "dev_wer": before["wer"]},
+              "dev_wer": best["wer"], "before": {"lm_weight": now[0], "lm_word_score": now[1], "dev_wer": before["wer"]},
               "dev_manifest": str(cfg.dev_manifest), "dev_sha256": sha256_file(cfg.dev_manifest),
               "utterances": len(utts), "grid": grid}
     if cfg.write:
