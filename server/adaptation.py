@@ -722,7 +722,10 @@ class AdaptationService(pb_grpc.AdaptationServicer):
                 last = seq
                 if ev.get("state") in TERMINAL:
                     return
-            if self.store.get(job.id).terminal:  # ended without a terminal event (should not happen)
+            if self.store.get(job.id).terminal:
+                # it ended while the events above were sent (each yield lets the loop run): send the stored rest
+                for seq, ev in self.store.events(job.id, after=last):
+                    yield event_message(job.id, ev)
                 return
             while True:
                 seq, ev = await q.get()

@@ -5,6 +5,7 @@ Real components throughout: an in-process server on loopback, raw gRPC stubs, SQ
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import shutil
@@ -345,6 +346,35 @@ def test_watch_streams_live_events_and_ends_when_the_client_goes_away(adapt, tmp
     t.join(10)
     assert got[-1].state == apb.CANCELLED and not t.is_alive()
     assert not manager._subscribers.get(job.id)
+
+
+def test_a_watch_gets_the_last_event_of_a_job_that_ends_while_its_past_events_are_sent(tmp_path):
+    """The race CI once hit: WatchJob sends the stored events, and the job ends during one of those sends (each
+    yield lets the event loop run). The watch must still end with the terminal event, not stop short of it.
+    The real handler, driven one message at a time so that the job ends exactly there."""
+    from speechadapt.server.adaptation import AdaptationService, JobManager
+    from speechadapt.server.datastore import DataStore
+    from speechadapt.server.jobs import JobStore
+    from speechadapt.server.ray_backend import RayBackend
+    from speechadapt.server.registry import ModelRegistry
+
+    async def run():
+        store = JobStore(tmp_path / "jobs.sqlite")
+        manager = JobManager(store, DataStore(tmp_path / "data", 1 << 20), RayBackend(None, tmp_path),
+                             tmp_path / "models", tmp_path / "runs")
+        service = AdaptationService(manager, ModelRegistry(tmp_path / "models"), 1 << 20)
+        spec = {"name": "tiny-x", "base_model": "tiny", "train_manifest": "/t", "dev_manifest": "/d"}
+        job = store.create(spec, tmp_path / "runs" / "w")  # recorded, not driven: no Ray involved
+        watch = service.WatchJob(apb.WatchJobRequest(id=job.id), None)
+        first = await anext(watch)  # the stored QUEUED event: the handler waits at its yield
+        ended = await manager.cancel(job.id)  # the job ends right then
+        rest = [ev async for ev in watch]
+        store.close()
+        return first, ended, rest
+
+    first, ended, rest = asyncio.run(run())
+    assert first.state == apb.QUEUED and ended.state == "CANCELLED"
+    assert [(ev.state, ev.phase) for ev in rest] == [(apb.CANCELLED, "done")]
 
 
 def test_restart_finishes_a_job_whose_run_left_a_result(adapt, tmp_path):
