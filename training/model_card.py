@@ -129,6 +129,15 @@ def _engine_lines(lin: dict) -> list[str]:
     return lines
 
 
+def _time_line(lin: dict) -> str:
+    """How long training took: its wall time, or for a resumed run the training time of all its runs."""
+    wall, resumed = lin.get("wall_seconds", 0) / 60, lin.get("resumed_from_steps") or []
+    if not resumed:
+        return f"{wall:.0f} min wall"
+    return (f"{lin.get('train_seconds', 0) / 60:.0f} min of training over {len(resumed) + 1} runs (resumed at steps "
+            f"{', '.join(str(s) for s in resumed)}; the last run {wall:.0f} min wall)")
+
+
 def _lm_lines(lm: dict | None) -> list[str]:
     if not lm:
         return []
@@ -200,7 +209,7 @@ def markdown(card: dict) -> str:
         "",
         "## Training",
         f"- {lin.get('steps')} steps (best at {lin.get('best_step')}), {lin.get('workers')} Ray Train workers "
-        f"({lin.get('backend')}, {lin.get('cpus_per_worker')} CPU each), {lin.get('wall_seconds', 0) / 60:.0f} min wall, "
+        f"({lin.get('backend')}, {lin.get('cpus_per_worker')} CPU each), " + _time_line(lin) + ", "
         f"{lin.get('software', '')}. Best dev WER {_pct(met.get('dev_wer'))}, CER {_pct(met.get('dev_cer'))}.",
         f"- Reproduce: `{lin.get('command', '')}`",
         "",
