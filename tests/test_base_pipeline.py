@@ -111,6 +111,9 @@ def test_model_card_lists_voices_text_sources_and_the_lm(tmp_path):
     assert card["lineage"]["lm"]["order"] == 3 and card["lineage"]["lm"]["prune"] == [0, 1]
     md = (package / "MODEL_CARD.md").read_text()
     assert "## Data (synthetic: espeak, flite, nothing downloaded)" in md
+    lin = card["lineage"]  # the shipped base-en was trained in resumed runs: the card counts all their time
+    assert lin["resumed_from_steps"] and (f"{lin['train_seconds'] / 60:.0f} min of training over "
+                                          f"{len(lin['resumed_from_steps']) + 1} runs (resumed at steps ") in md
     versions = json.loads((corpus / "summary.json").read_text())["engines"]
     assert f"- flite {versions['flite']}: flite:slt (1 speaker, " in md and "licence: CMU flite licence" in md
     assert f"- espeak {versions['espeak']}: en-us (1 speaker, " in md and "licence: GPL-3.0" in md
