@@ -105,15 +105,16 @@ base-en-ship:
 	cp $(BASE_DIR)/bench/base_model.json bench/results/base_model.json
 	cp $(BASE_DIR)/bench/base_model_no_lm.json bench/results/base_model_no_lm.json
 
-# Benchmarks (results: bench/results/*.json and the README). transfer_curve takes about 70 min on 2 cores
-# (+ ~30 min for its default-job rows), its Whisper run (bench-transfer-whisper) about 90 min.
+# Benchmarks (results: bench/results/*.json and the README). bench-transfer (the README's base-en curve: 1/5/10 min,
+# finetune, adapters and the default job) takes 40 min on 2 cores; `bench/transfer_curve.py` with no options adds
+# head, 2 min, scratch and an FSDD row (about 100 min). bench-transfer-whisper takes 76 min.
 bench: install
 	$(PY) bench/base_model.py --model base-en --per-accent 30
 	$(PY) bench/phrase_boost.py
 	$(PY) bench/streaming.py
 
 bench-transfer: install
-	$(PY) bench/transfer_curve.py
+	$(PY) bench/transfer_curve.py --sizes 1,5,10 --strategies finetune,adapters --no-scratch --no-fsdd
 
 bench-transfer-whisper: install
 	$(PY) bench/transfer_curve.py --model whisper-tiny-en
