@@ -24,8 +24,13 @@ Budgets use STEP_SECONDS_WHISPER (bench/whisper_step_time.py: head 3.6 s, adapte
 step), so the default Whisper run is 1, 5, 10 min x (head, adapters, default) with 2 min per run, 0.25 source
 replay (the job's own for Whisper), 60 + 60 test utterances: about 90 minutes on the 2-core machine.
 
-Data (synthesised with espeak-ng in the base model's closed vocabulary, sentence lengths, speed and pitch,
-read from its training corpus summary or model card; cached in --workdir under a hash of their recipe):
+A base trained on `speechadapt data text` (its card names the sentences file, as base-en's does) gets the same
+ordinary-English sets as Whisper (4-16 words; the test split never reached its training text), so the two
+curves share their sentences.
+
+Data (synthesised with espeak-ng: for a base with a closed vocabulary, generated in that vocabulary; sentence
+lengths, speed and pitch read from its training corpus summary or model card; cached in --workdir under a hash
+of their recipe):
 
 * target pool: --target-accent spoken by the speaker variants the base model heard on its source voices
   (none, m1, f1, ...), `max(sizes)` minutes; the train set of size N is the longest prefix of the pool with at
@@ -318,6 +323,13 @@ def make_sentences(seed: int, count: int, vocab: tuple[str, ...], words: tuple[i
 WHISPER_WORDS = (4, 16)  # words per sentence of the Whisper sets
 
 
+def natural_text(info: "bm.TrainingInfo", whisper: bool) -> bool:
+    """Whether the sets are ordinary English from `speechadapt data text`: for Whisper (open vocabulary) and for a
+    base trained on that text (its card names a sentences file, as base-en's does); else the generator's sentences
+    in the base's vocabulary."""
+    return whisper or bool(info.sentences_file)
+
+
 def natural_sentences(workdir: Path, split: str, seed: int, count: int) -> list[str]:
     """`count` distinct normalised English sentences of a `speechadapt data text` split (train: pool and dev sets,
     test: the test sets; the splits are disjoint by a hash of the sentence), decided by the seed."""
@@ -398,7 +410,8 @@ def build_data(args, info: bm.TrainingInfo, workdir: Path) -> dict:
     if args.target_accent in source_voices:
         raise ValueError(f"--target-accent {args.target_accent} is one of the base model's training voices")
     whisper = getattr(args, "family", "ctc") == WHISPER
-    if whisper:  # open vocabulary: ordinary English (speechadapt data text), no generator vocabulary
+    natural = natural_text(info, whisper)
+    if natural:  # open vocabulary: no generator vocabulary
         vocab, vocab_source = (), "speechadapt data text (training/corpus_text.py): fortunes, wordnet, templates"
         words = WHISPER_WORDS
         ratio = 0.0
@@ -426,7 +439,7 @@ def build_data(args, info: bm.TrainingInfo, workdir: Path) -> dict:
     seed = args.seed * 1000
     pool_minutes = max(max(args.sizes), POOL_MINUTES) + 0.25  # one pool whatever --sizes: the same N-minute sets
     pool_count = math.ceil(pool_minutes * 60 / 1.2) + 20  # more sentences than the pool can use (~2.4 s each)
-    if whisper:
+    if natural:
         pool_count = math.ceil(pool_minutes * 60 / 2.5) + 20  # 4-16 words: ~2.8 s each (217 for 10.26 min)
         pool_text, dev_text, source_dev_text = split_texts(
             natural_sentences(workdir, "train", seed, pool_count + 2 * args.dev_utterances),

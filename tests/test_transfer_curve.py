@@ -148,6 +148,20 @@ def test_whisper_text_splits(tc):
         tc.split_texts(["a", "b"], [2, 1])
 
 
+def test_a_base_trained_on_data_text_gets_ordinary_english_sets(tc):
+    # the shipped base-en's card names its sentences file: its curve uses `data text` sentences as Whisper's does,
+    # the "ordinary English sentences"; a closed-vocabulary base keeps the generator in its vocabulary
+    from speechadapt.asr.package import read_card
+    from speechadapt.asr.store import BUILTIN_DIR
+
+    bm = tc.bm
+    shipped = BUILTIN_DIR / "base-en"
+    info = bm.training_info(read_card(shipped), shipped, None)
+    assert info.sentences_file and tc.natural_text(info, whisper=False)
+    assert not tc.natural_text(bm.TrainingInfo(vocab_size=1000), whisper=False)
+    assert tc.natural_text(bm.TrainingInfo(vocab_size=1000), whisper=True)
+
+
 def test_assess_without_scratch_says_why(tc):
     base = {"target_wer": 0.5, "source_wer": 0.2}
     runs = [{"minutes": 5.0, "model": "head", "target_wer": 0.1, "source_wer": 0.2},
@@ -161,9 +175,14 @@ def test_assess_without_scratch_says_why(tc):
 def test_tables_show_default_and_old_results_still_render(tc):
     import json
 
-    old = json.loads((BENCH.parent / "results" / "transfer_curve.json").read_text())
-    assert "default" not in tc.tables(old)  # results written before the default row: unchanged columns
-    assert tc.tables(old) + "\n\n" + tc.targets_text(old["targets"]) == old["markdown"]  # and the same text
+    latest = json.loads((BENCH.parent / "results" / "transfer_curve.json").read_text())
+    assert tc.tables(latest) + "\n\n" + tc.targets_text(latest["targets"]) == latest["markdown"]  # the same text
+    assert "| default |" in tc.tables(latest)
+    old = json.loads(json.dumps(latest))  # as results written before the default row were: no such runs or settings
+    old["runs"] = [r for r in old["runs"] if r["model"] != "default"]
+    for key in ("default_job", "default_job_spec"):
+        old["settings"].pop(key, None)
+    assert "default" not in tc.tables(old)  # unchanged columns
     new = json.loads(json.dumps(old))
     new["settings"].update(default_job=True, default_job_spec="four keys", no_scratch=True, scratch_note="why not")
     size = new["settings"]["sizes"][0]
