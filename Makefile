@@ -106,7 +106,7 @@ base-en-ship:
 	cp $(BASE_DIR)/bench/base_model_no_lm.json bench/results/base_model_no_lm.json
 
 # Benchmarks (results: bench/results/*.json and the README). bench-transfer (the README's base-en curve: 1/5/10 min,
-# finetune, adapters and the default job) takes 40 min on 2 cores; `bench/transfer_curve.py` with no options adds
+# finetune, adapters and the default job) takes 42 min on 2 cores; `bench/transfer_curve.py` with no options adds
 # head, 2 min, scratch and an FSDD row (about 100 min). bench-transfer-whisper takes 76 min.
 bench: install
 	$(PY) bench/base_model.py --model base-en --per-accent 30

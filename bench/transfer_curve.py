@@ -22,7 +22,7 @@ on 16 test-split sentences x 4 unseen speakers the base reads en-us at 27.9% WER
 No scratch rows (see WHISPER_NO_SCRATCH) and no FSDD row (bench/speaker_adapt.py covers real speakers).
 Budgets use STEP_SECONDS_WHISPER (bench/whisper_step_time.py: head 3.6 s, adapters 4.4 s, finetune 42 s a
 step), so the default Whisper run is 1, 5, 10 min x (head, adapters, default) with 2 min per run, 0.25 source
-replay (the job's own for Whisper), 60 + 60 test utterances: about 90 minutes on the 2-core machine.
+replay (the job's own for Whisper), 60 + 60 test utterances: 76 minutes on the 2-core machine (measured).
 
 A base trained on `speechadapt data text` (its card names the sentences file, as base-en's does) gets the same
 ordinary-English sets as Whisper (4-16 words; the test split never reached its training text), so the two
