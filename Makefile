@@ -107,7 +107,7 @@ base-en-ship:
 
 # Benchmarks (results: bench/results/*.json and the README). bench-transfer (the README's base-en curve: 1/5/10 min,
 # finetune, adapters and the default job) takes 42 min on 2 cores; `bench/transfer_curve.py` with no options adds
-# head, 2 min, scratch and an FSDD row (about 100 min). bench-transfer-whisper takes 76 min.
+# head, 2 min, scratch and an FSDD row (about 105 min). bench-transfer-whisper takes 76 min.
 bench: install
 	$(PY) bench/base_model.py --model base-en --per-accent 30
 	$(PY) bench/phrase_boost.py

@@ -982,7 +982,7 @@ def plot(result: dict, path: Path) -> None:
 def option_defaults(family: str, quick: bool) -> dict:
     """Defaults of the options left unset. Whisper steps are ~5x slower than base-en's on the 2-core machine, every
     Whisper job caches encoder outputs (~0.5 s an utterance) and scoring decodes a 15-30 s window per utterance, so
-    its full run has 3 sizes x (head, adapters, the default job) in 2-minute budgets and smaller test sets (~90 min
+    its full run has 3 sizes x (head, adapters, the default job) in 2-minute budgets and smaller test sets (76 min
     in all); finetune (~42 s a step: the encoder forward and back for every utterance) is left out."""
     if family == WHISPER:
         return {"sizes": [0.5] if quick else [1.0, 5.0, 10.0],
