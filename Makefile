@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR ?= .cache/demo
 
-.PHONY: install system-deps test demo proto proto-check bench bench-transfer bench-transfer-whisper clean base-en base-en-ship
+.PHONY: install system-deps test demo proto proto-check bench bench-transfer bench-transfer-whisper bench-gap clean base-en base-en-ship
 
 # espeak-ng, flite and festival (+ its kal, ked and slt voices) make synthetic speech (`data synth --engines`);
 # fortunes (BSD) and wordnet-base (WordNet 3.0 licence) give natural English training text (`data text`).
@@ -107,7 +107,7 @@ base-en-ship:
 
 # Benchmarks (results: bench/results/*.json and the README). bench-transfer (the README's base-en curve: 1/5/10 min,
 # finetune, adapters and the default job) takes 42 min on 2 cores; `bench/transfer_curve.py` with no options adds
-# head, 2 min, scratch and an FSDD row (about 105 min). bench-transfer-whisper takes 76 min.
+# head, 2 min, scratch and an FSDD row (about 105 min). bench-transfer-whisper takes 76 min, bench-gap 24 min.
 bench: install
 	$(PY) bench/base_model.py --model base-en --per-accent 30
 	$(PY) bench/phrase_boost.py
@@ -118,6 +118,9 @@ bench-transfer: install
 
 bench-transfer-whisper: install
 	$(PY) bench/transfer_curve.py --model whisper-tiny-en
+
+bench-gap: install
+	$(PY) bench/transfer_gap.py
 
 clean:
 	rm -rf .cache build *.egg-info .pytest_cache

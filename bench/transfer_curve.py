@@ -676,8 +676,9 @@ def job_choices(log: Path) -> list[str]:
 
 
 def run_adapt(args, ray_address: str, store: Path, run_dir: Path, name: str, strategy: str, train: dict,
-              dev_manifest: str, source_dev_manifest: str, minutes: float) -> dict:
-    """One adaptation job; returns {"run_dir", "candidate", "promoted", "reason", "job_metrics", "steps", ...}."""
+              dev_manifest: str, source_dev_manifest: str, minutes: float, overrides: dict | None = None) -> dict:
+    """One adaptation job; returns {"run_dir", "candidate", "promoted", "reason", "job_metrics", "steps", ...}.
+    `overrides` replace keys of a strategy run's spec (bench/transfer_gap.py's unconstrained run)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if strategy == DEFAULT_JOB:  # what a user gets from the four required keys: the job's own budget and settings
         from speechadapt.jobspec import JobSpec
@@ -691,7 +692,8 @@ def run_adapt(args, ray_address: str, store: Path, run_dir: Path, name: str, str
                 "source_dev_manifest": source_dev_manifest, "strategy": strategy, "source_replay": args.source_replay,
                 "max_epochs": epochs, "max_minutes": round(minutes * args.time_cap, 3), "learning_rate": None, "batch_size": BATCH, "augment": True,
                 "workers": 1, "gpus_per_worker": 0.0, "seed": args.seed, "max_source_regression": MAX_SOURCE_REGRESSION}
-        cap = minutes * args.time_cap
+        spec.update(overrides or {})
+        cap = spec["max_minutes"]
     (run_dir / "spec.json").write_text(json.dumps(spec, indent=1) + "\n")
     cmd = [sys.executable, "-m", "speechadapt.training.adapt", "--spec", str(run_dir / "spec.json"), "--store",
            str(store), "--run-dir", str(run_dir), "--ray-address", ray_address, "--cpus-per-worker",
@@ -699,7 +701,8 @@ def run_adapt(args, ray_address: str, store: Path, run_dir: Path, name: str, str
     t0 = time.monotonic()
     rc = run_logged(cmd, run_dir / "job.log", timeout=cap * 60 * 3 + 900)
     out = {"run_dir": str(run_dir), "exit_code": rc, "job_seconds": round(time.monotonic() - t0, 1),
-           "spec": {k: spec[k] for k in ("strategy", "max_epochs", "max_minutes", "source_replay", "batch_size")
+           "spec": {k: spec[k] for k in ("strategy", "max_epochs", "max_minutes", "source_replay", "batch_size",
+                                         *sorted(overrides or {}))
                     if k in spec}}
     if strategy == DEFAULT_JOB:
         out["spec"]["keys"] = sorted(spec)
