@@ -545,6 +545,13 @@ def test_adapters_job_publishes_a_better_version(tmp_path, store, target, tiny):
     assert rel["ratio"] == m["relatedness"] and rel["feature_distance"] > 0 and rel["source_spread"] >= 0
     assert any(e["phase"] == "baseline" and e["message"].startswith("relatedness ") and "feature distance" in e["message"]
                for e in events)
+    from speechadapt.asr.manifest import read_manifest
+    from speechadapt.asr.text import normalize_text
+
+    dev_words = sum(len(normalize_text(u.text).split()) for u in read_manifest(target[1]))
+    assert 0 < rel["dev_words"] == dev_words < 500  # a small dev set: the job says so before it trains
+    assert any(e["phase"] == "baseline" and e["message"].startswith(f"warning: small target dev set: {dev_words} words")
+               for e in events)
     report = json.loads((run_dir / "report" / "metrics.json").read_text())
     assert report["relatedness"] == rel
     assert report["decision"]["promoted"] and report["metrics"] == m and report["spec"]["name"] == "tiny-scottish"

@@ -84,3 +84,7 @@ def test_warnings_say_what_stands_out():
     # far needs both: many times the source's spread and over FAR_MIN
     assert warnings_for(_rel(feature_distance=0.5, source_spread=0.001)) == []
     assert _rel(feature_distance=2.0).to_dict()["far"] is True
+    # a dev set too small to choose checkpoints on: its words and the WER's chance spread (40% on 160 words: 3.9)
+    small = warnings_for(_rel(dev_words=160))
+    assert len(small) == 1 and small[0].startswith("small target dev set: 160 words") and "about 3.9 points" in small[0]
+    assert warnings_for(_rel(dev_words=500)) == [] and warnings_for(_rel(dev_words=0)) == []  # 0: not counted

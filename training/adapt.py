@@ -14,8 +14,8 @@ Phases, each announced on stdout as an event (below):
    `error` event listing them all (also under "problems"), exit 2. A bad spec or an unknown base model is also exit 2.
 2. baseline: the base model's WER on the target dev set and on a source dev set, relatedness = base source WER /
    base target WER clipped to [0, 1], a feature-statistics distance between target and source audio, and
-   warnings when the data is small or transfer likely negative (`relatedness.py`; `warning: ...` events, the
-   report's "relatedness"). Kept in RUN_DIR/baseline.json and reused when the command runs again.
+   warnings when the data or the target dev set is small or transfer likely negative (`relatedness.py`;
+   `warning: ...` events, the report's "relatedness"). Kept in RUN_DIR/baseline.json and reused when the command runs again.
    Source dev: `spec.source_dev_manifest`, else a held-back slice of the base model's source domain found
    through the base card's lineage: a readable source dev manifest named there (at most 100 utterances), else
    ~60 utterances synthesized with espeak-ng in the source voices and vocabulary into RUN_DIR/source_dev.
@@ -452,6 +452,14 @@ def _load_examples(manifest: str, tokenizer, features, speed_factors=()) -> list
             x = samples if factor == 1.0 else speed_perturb(samples, features.sample_rate, factor)
             out.append(Example(fbank(x, features), targets, text))
     return out
+
+
+def manifest_words(manifest: str) -> int:
+    """Words in a manifest's transcripts, as scored (normalised)."""
+    from speechadapt.asr.manifest import read_manifest
+    from speechadapt.asr.text import normalize_text
+
+    return sum(len(normalize_text(u.text).split()) for u in read_manifest(manifest))
 
 
 def source_note(source_wer: float | None, limit: float) -> str:
@@ -991,7 +999,8 @@ def run_job(args: JobArgs) -> int:
         base = load_model(ref.path)
         bt = _measure(base, Path(spec.dev_manifest), "baseline", "base model: target dev")
         bs = _measure(base, source_dev, "baseline", "base model: source dev")
-        rel = relatedness.measure(bt, bs, Path(spec.train_manifest), source_dev, target_seconds)
+        rel = relatedness.measure(bt, bs, Path(spec.train_manifest), source_dev, target_seconds,
+                                  dev_words=manifest_words(spec.dev_manifest))
         baseline = {**key, "base_target_wer": bt, "base_source_wer": bs, "relatedness": rel.ratio,
                     "transfer": rel.to_dict()}
         write_json_atomic(run_dir / BASELINE_FILE, baseline)

@@ -9,11 +9,13 @@ Two views, both reported in the job's baseline events and report:
   compared by the symmetric KL divergence averaged over the mel bands. It is read against the source's own
   spread: the same distance between two halves of the source dev set.
 
-`warnings` say, in words a user acts on, when the data is too small or transfer is likely to be negative.
+`warnings` say, in words a user acts on, when the data or the target dev set is too small or transfer is likely
+to be negative.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,10 @@ SMALL_DATA_S = 60.0  # less target audio than this: a warning
 # that the factor alone would call any accent far.
 FAR_FACTOR = 10.0
 FAR_MIN = 0.6
+# fewer target dev words than this: a warning. The job keeps its best checkpoint and gates on the dev WER; on
+# base-en's 5-minute transfer cell a 20-utterance (163-word) dev set read 18.4% for the default job where 60 other
+# sentences of the same speakers read 29.1% (bench/results/transfer_gap.json).
+SMALL_DEV_WORDS = 500
 NOTHING_TO_GAIN_WER = 0.05  # base target WER at or below this: little left to gain
 MAX_UTTERANCES = 200  # per side, spread over the manifest
 
@@ -38,6 +44,7 @@ class Relatedness:
     feature_distance: float  # target train against source dev (-1 when not measured)
     source_spread: float  # source dev half against half (-1 when not measured)
     target_seconds: float
+    dev_words: int = 0  # words in the target dev transcripts (0: not counted)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -149,6 +156,14 @@ def warnings_for(r: Relatedness) -> list[str]:
         out.append(f"little target data: {r.target_seconds:.0f} s of audio (under {SMALL_DATA_S:.0f} s). The job "
                    f"trains few parameters and stops early; a gain may hold only for these speakers and words. "
                    f"Several minutes of audio give a more general model.")
+    if 0 < r.dev_words < SMALL_DEV_WORDS:
+        p = min(max(r.base_target_wer, 0.05), 0.95)
+        out.append(f"small target dev set: {r.dev_words} words. The job keeps the checkpoint with the best dev WER and "
+                   f"the gate compares dev WERs; on {r.dev_words} words a WER of {p:.0%} moves by about "
+                   f"{100 * math.sqrt(p * (1 - p) / r.dev_words):.1f} points by chance (one standard error, more when "
+                   f"words of an utterance err together), and the chosen checkpoint reads better on it than on new "
+                   f"speech. Give the dev set {SMALL_DEV_WORDS} words or more (about 50 sentences) of other "
+                   f"utterances than the training ones.")
     if r.base_target_wer <= NOTHING_TO_GAIN_WER:
         out.append(f"little to gain: the base model already gets {r.base_target_wer:.1%} WER on the target dev set; "
                    f"an adaptation is promoted only if it does better there, so expect 'not promoted'.")
@@ -170,7 +185,7 @@ def warnings_for(r: Relatedness) -> list[str]:
 
 
 def measure(base_target_wer: float, base_source_wer: float, target_train: Path, source_dev: Path,
-            target_seconds: float) -> Relatedness:
+            target_seconds: float, dev_words: int = 0) -> Relatedness:
     """Relatedness with its warnings; the feature distance is -1 when the audio cannot be measured."""
     try:
         dist, spread = feature_distances(target_train, source_dev)
@@ -178,5 +193,5 @@ def measure(base_target_wer: float, base_source_wer: float, target_train: Path, 
         dist, spread = -1.0, -1.0
     r = Relatedness(base_target_wer, base_source_wer, wer_ratio(base_target_wer, base_source_wer),
                     round(dist, 4) if dist >= 0 else -1.0, round(spread, 4) if spread >= 0 else -1.0,
-                    round(float(target_seconds), 1))
+                    round(float(target_seconds), 1), int(dev_words))
     return Relatedness(**{**asdict(r), "warnings": warnings_for(r)})
