@@ -86,7 +86,7 @@ def fresh_sentences(candidates: list[str], used: set[str], count: int) -> list[s
     raise ValueError(f"only {len(out)} of {count} sentences are not already used")
 
 
-def crossed_sets(args, info, data: dict, workdir: Path, n: int) -> dict[str, str]:
+def crossed_sets(info, data: dict, workdir: Path, n: int, jobs: int) -> dict[str, str]:
     """The two crossed sets (synthesised once, cached like the curve's sets): {name: manifest}."""
     from speechadapt.asr.text import normalize_text
 
@@ -100,7 +100,7 @@ def crossed_sets(args, info, data: dict, workdir: Path, n: int) -> dict[str, str
     for name, variants, text, s in (("pool_speakers_test_sentences", recipe["train_variants"], test_text, seed + 3),
                                     ("test_speakers_train_sentences", recipe["test_variants"], train_text, seed + 9)):
         manifest, _ = tc.synth_cached(workdir, f"{acc}-x-{name}", [acc], variants, text, s, info, espeak,
-                                      jobs=args.jobs)
+                                      jobs=jobs)
         rows = bm._read_jsonl(manifest)
         out[name] = str(tc.write_manifest(manifest.parent / "abs.jsonl", rows, manifest.parent))
     return out
@@ -130,7 +130,6 @@ def main(argv: list[str] | None = None) -> int:
     from speechadapt.asr.inference import load_model
 
     curve = tc.parse_args(["--model", args.model, "--sizes", f"{args.minutes:g}", "--no-fsdd", "--no-scratch"])
-    args.jobs = curve.jobs
     base = load_model(curve.model, store=curve.model_store)
     if getattr(base.card, "architecture", "") == tc.WHISPER:
         print("error: bench/transfer_gap.py takes a CTC base (Whisper's curve has its own sets)", file=sys.stderr)
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     info = bm.training_info(base.card, base.ref.path, None)
     data = tc.build_data(curve, info, workdir)
     sets = {"dev": data["dev"]["manifest"], "target_test": data["target_test"]["manifest"],
-            **crossed_sets(args, info, data, workdir, args.utterances), "source_test": data["source_test"]["manifest"]}
+            **crossed_sets(info, data, workdir, args.utterances, curve.jobs), "source_test": data["source_test"]["manifest"]}
     train = data["subsets"][args.minutes]
     t0 = time.monotonic()
     root = workdir / "gap" / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -162,12 +161,11 @@ def main(argv: list[str] | None = None) -> int:
                                tc.DEFAULT_JOB if overrides is None else overrides["strategy"], train,
                                data["dev"]["manifest"], data["source_dev"]["manifest"], args.minutes, overrides)
             run["history"] = eval_history(run_dir)
+            result["runs"][name] = run
             if "error" in run:
                 print(f"error: {name}: {run['error']}", file=sys.stderr)
-                result["runs"][name] = run
                 continue
             result["scores"][name] = tc.score(run.pop("candidate"), sets, store=store)
-            result["runs"][name] = run
     result["wall_seconds"] = round(time.monotonic() - t0, 1)
     result["machine"] = bm.machine_info("cpu")
     result["markdown"] = table(result)
