@@ -227,6 +227,7 @@ def summary_lines(job: Job) -> list[str]:
             lines.append(line.rstrip())
     if m.domain_lm_weight is not None:
         how = ("the base has none" if m.domain_lm_weight >= 1  # nothing to mix with: the domain LM alone
+               else "not used, the base's LM decoded best" if m.domain_lm_weight == 0
                else f"weight {m.domain_lm_weight:g}")
         lines.append(f"  domain LM: {how}, target dev perplexity "
                      f"{m.domain_lm_dev_perplexity or 0:.1f}; base target WER with it "

@@ -342,7 +342,7 @@ class JobMetrics:
     trained_parameters: int = 0
     total_parameters: int = 0
     base_target_wer_domain_lm: float | None = None  # jobs with domain_text: the base decoded with the domain LM
-    domain_lm_weight: float | None = None  # the domain text's weight in the mixed LM (1.0: no base LM to mix)
+    domain_lm_weight: float | None = None  # the domain text's weight in the mixed LM (1.0: no base LM to mix; 0: not used)
     domain_lm_dev_perplexity: float | None = None  # target dev transcripts under the candidate's LM
 
     WERS = ("base_target_wer", "adapted_target_wer", "base_source_wer", "adapted_source_wer")

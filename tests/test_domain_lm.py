@@ -212,23 +212,34 @@ def test_whisper_bases_are_refused(make_server, tmp_path):
     assert "domain_text needs a CTC base with a lexicon decoder" in e.value.details()
 
 
-def test_job_lm_mixes_the_domain_text_into_the_base_lm(tiny, tmp_path):
-    """A base that carries an LM: the job's LM is one ARPA mixing both, its weight picked on the dev transcripts."""
+def _tiny_with_lm(tiny, tmp_path, seed: int):
+    """A copy of tiny@1 carrying a general LM (tmp_path/general, built from random sentences of its words), and its
+    characters."""
     import json
     import shutil
 
-    from speechadapt.lm import LmBuildConfig, attach, build, read_lm
-    from speechadapt.training.domain_lm import build_job_lm, with_lm
+    from speechadapt.lm import LmBuildConfig, attach, build
     from speechadapt.training.tiny import VOCAB
 
     base = tmp_path / "tiny"
     shutil.copytree(tiny.store / "tiny" / "1", base)
     characters = tuple(json.loads((base / "model.json").read_text())["tokenizer"]["tokens"][2:])
-    rng = random.Random(5)
+    rng = random.Random(seed)
     (tmp_path / "general.txt").write_text("\n".join(" ".join(rng.choice(VOCAB) for _ in range(4)) for _ in range(80)))
     build(LmBuildConfig(texts=(str(tmp_path / "general.txt"),), out=str(tmp_path / "general"), broad_words=None,
                         characters=characters))
     attach(base, tmp_path / "general")
+    return base, characters
+
+
+def test_job_lm_mixes_the_domain_text_into_the_base_lm(tiny, tmp_path):
+    """A base that carries an LM: the job's LM is one ARPA mixing both, its weight picked on the dev transcripts."""
+    import json
+
+    from speechadapt.lm import read_lm
+    from speechadapt.training.domain_lm import build_job_lm, with_lm
+
+    base, characters = _tiny_with_lm(tiny, tmp_path, 5)
     dev_words = [json.loads(line)["text"].split() for line in tiny.dev_manifest.read_text().splitlines()]
     (tmp_path / "domain.txt").write_text("\n".join(" ".join(w) for w in dev_words[:30]) + "\n")  # like the dev text
     section = build_job_lm([str(tmp_path / "domain.txt")], base, str(tiny.dev_manifest), characters, tmp_path / "lm")
@@ -264,3 +275,75 @@ def test_cli_refuses_a_bad_domain_text_before_connecting_and_summarises_the_lm(t
     assert "  domain LM: weight 0.962, target dev perplexity 61.6; base target WER with it 30.0%" in J.summary_lines(job)
     job = dataclasses.replace(job, metrics=dataclasses.replace(job.metrics, domain_lm_weight=1.0))  # base had no LM
     assert "  domain LM: the base has none, target dev perplexity 61.6; base target WER with it 30.0%" in J.summary_lines(job)
+    job = dataclasses.replace(job, metrics=dataclasses.replace(job.metrics, domain_lm_weight=0.0))  # chosen: none
+    assert ("  domain LM: not used, the base's LM decoded best, target dev perplexity 61.6; base target WER with it "
+            "30.0%") in J.summary_lines(job)
+
+
+def test_job_lm_weight_is_chosen_by_decoding_within_the_source_limit(tiny, tmp_path):
+    """choose_job_lm decodes the candidate with the base's LM alone and with the mix at several weights on the
+    target and source dev sets: the lowest target WER within the source limit wins, and the folder it leaves is
+    that LM."""
+    import json
+
+    from speechadapt.asr import evaluate, load_model
+    from speechadapt.lm import read_lm
+    from speechadapt.training.domain_lm import DECODE_WEIGHTS, choose_job_lm, pick_weight, with_lm
+
+    base, characters = _tiny_with_lm(tiny, tmp_path, 7)
+    lines = tiny.dev_manifest.read_text().splitlines()
+    root = tiny.dev_manifest.parent
+    for name, part in (("target", lines[:10]), ("source", lines[10:])):  # absolute audio paths: two dev sets
+        rows = [dict(json.loads(x), audio=str(root / json.loads(x)["audio"])) for x in part]
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    target, source = str(tmp_path / "target.jsonl"), str(tmp_path / "source.jsonl")
+    # the domain text: the target dev transcripts, many times: the perplexity weight goes to the top of the range
+    (tmp_path / "domain.txt").write_text("".join(json.loads(x)["text"] + "\n" for x in lines[:10]) * 5)
+
+    def choose(limit, out):
+        notes = []
+        section = choose_job_lm([str(tmp_path / "domain.txt")], base, base, target, source, limit, characters,
+                                tmp_path / out, notes.append)
+        return section, notes
+
+    free, notes = choose(10.0, "free")
+    ppl_weight = free["perplexity_weight"]
+    assert ppl_weight > 0.9 and free["mode"] == "mixed"
+    weights = [r["weight"] for r in free["decoding"]]
+    assert weights == [0.0, *[w for w in DECODE_WEIGHTS if w < ppl_weight], ppl_weight] and len(notes) == len(weights)
+    assert "(the base's LM alone)" in notes[0] and "(the perplexity weight)" in notes[-1]
+    for r in free["decoding"]:  # each row is the candidate decoded with that LM
+        assert 0 <= r["target_dev_wer"] <= 1 and 0 <= r["source_dev_wer"] <= 1
+    best = pick_weight(free["decoding"], 10.0)
+    assert free["weight"] == best["weight"]
+    lm = read_lm(tmp_path / "free", characters)  # the folder left is the chosen LM, its section recorded
+    assert lm.info["domain"] == free and not (tmp_path / "free.weights").exists()
+    model = load_model(with_lm(base, tmp_path / "free", tmp_path / "check"))
+    assert evaluate(model, target).wer == pytest.approx(best["target_dev_wer"])
+    assert evaluate(model, source).wer == pytest.approx(best["source_dev_wer"])
+    again, notes = choose(10.0, "free")  # built once: a re-run reuses the folder without decoding
+    assert again == free and notes == []
+
+    # no row within the limit: the lowest source WER
+    lowest_source = min(r["source_dev_wer"] for r in free["decoding"])
+    none_within, _ = choose(lowest_source - 0.01, "none")
+    assert none_within["decoding"] == free["decoding"] and none_within["source_limit"] == lowest_source - 0.01
+    assert none_within["weight"] == pick_weight(free["decoding"], lowest_source - 0.01)["weight"]
+    assert next(r for r in free["decoding"] if r["weight"] == none_within["weight"])["source_dev_wer"] == lowest_source
+    if none_within["weight"] == 0:  # the base's LM alone: its files as they are
+        assert (tmp_path / "none" / "lm.arpa").read_bytes() == (tmp_path / "general" / "lm.arpa").read_bytes()
+
+
+def test_pick_weight_takes_the_best_target_within_the_source_limit():
+    from speechadapt.training.domain_lm import pick_weight
+
+    def row(w, t, s):
+        return {"weight": w, "target_dev_wer": t, "source_dev_wer": s}
+
+    rows = [row(0.0, 0.30, 0.120), row(0.5, 0.10, 0.125), row(0.9, 0.10, 0.121), row(0.99, 0.05, 0.170)]
+    assert pick_weight(rows, 0.20)["weight"] == 0.99  # the best target when the source allows it
+    assert pick_weight(rows, 0.14)["weight"] == 0.9  # 0.99 forgets: of the two at 10%, the lower source WER
+    assert pick_weight(rows, 0.12)["weight"] == 0.0  # only the base's LM alone is within
+    assert pick_weight(rows, 0.10)["weight"] == 0.0  # none within: the lowest source WER
+    tied = [row(0.0, 0.067, 0.129), row(0.1, 0.067, 0.129), row(0.9, 0.067, 0.129)]
+    assert pick_weight(tied, 0.135)["weight"] == 0.9  # the dev sets cannot tell: the domain text the user gave

@@ -882,22 +882,27 @@ class JobContext:
     training: dict = field(default_factory=dict)
 
 
-def domain_lm_phase(spec, state: JobContext, run_dir: Path, characters: tuple[str, ...]) -> dict:
-    """Build (or mix) the domain LM, attach it to the candidate, and measure the base with it on target dev.
-    Returns the report's "domain_lm": the LM summary (training/domain_lm.py) + base_target_wer_domain_lm."""
+def domain_lm_phase(spec, state: JobContext, run_dir: Path, characters: tuple[str, ...], source_dev: Path) -> dict:
+    """Build (or mix) the domain LM, its weight chosen by decoding the candidate (training/domain_lm.py), attach it
+    to the candidate, and measure the base with it on target dev.
+    Returns the report's "domain_lm": the LM summary + base_target_wer_domain_lm."""
     from speechadapt.asr.inference import load_model
     from speechadapt.lm import attach
-    from speechadapt.training.domain_lm import build_job_lm, with_lm
+    from speechadapt.training.domain_lm import choose_job_lm, with_lm
 
     t0 = time.monotonic()
     emit(event("evaluate", message=f"building the domain LM from {len(spec.domain_text)} text file(s)"))
     lm_dir = run_dir / "domain_lm"
-    section = build_job_lm(spec.domain_text, state.base_path, spec.dev_manifest, characters, lm_dir)
+    limit = state.baseline["base_source_wer"] + spec.max_source_regression
+    section = choose_job_lm(spec.domain_text, state.base_path, run_dir / CANDIDATE, spec.dev_manifest, str(source_dev),
+                            limit, characters, lm_dir, lambda note: emit(event("evaluate", message=note)))
     ppl = section["dev_perplexity"]
     if section["mode"] == "mixed":
-        emit(event("evaluate", message=f"domain LM mixed into the base's LM at weight {section['weight']:g} "
-                   f"(target dev perplexity: base LM {ppl['base_lm']:.1f}, domain text alone {ppl['domain_lm']:.1f}, "
-                   f"mixed {ppl['mixed']:.1f}; {time.monotonic() - t0:.0f} s)"))
+        chosen = (f"domain LM mixed into the base's LM at weight {section['weight']:g}" if section["weight"] else
+                  "domain LM not used (the base's LM alone decodes best within the source limit)")
+        emit(event("evaluate", message=f"{chosen}: chosen by decoding target and source dev (the perplexity weight "
+                   f"{section['perplexity_weight']:g}: target dev perplexity base LM {ppl['base_lm']:.1f}, domain "
+                   f"text alone {ppl['domain_lm']:.1f}, mixed {ppl['mixed']:.1f}; {time.monotonic() - t0:.0f} s)"))
     else:
         emit(event("evaluate", message=f"domain LM built (the base has none): target dev perplexity "
                    f"{ppl['domain_lm']:.1f} ({time.monotonic() - t0:.0f} s)"))
@@ -1057,7 +1062,8 @@ def run_job(args: JobArgs) -> int:
     from speechadapt.asr.inference import load_model
 
     steps = int(summary.get("steps", 0))
-    lm_report = domain_lm_phase(spec, state, run_dir, tuple(card.tokenizer["tokens"][2:])) if spec.domain_text else None
+    lm_report = (domain_lm_phase(spec, state, run_dir, tuple(card.tokenizer["tokens"][2:]), source_dev)
+                 if spec.domain_text else None)
     candidate = load_model(run_dir / CANDIDATE, store=store)
     at = _measure(candidate, Path(spec.dev_manifest), "evaluate", "adapted model: target dev", steps)
     as_ = _measure(candidate, source_dev, "evaluate", "adapted model: source dev", steps)
@@ -1068,8 +1074,8 @@ def run_job(args: JobArgs) -> int:
     if lm_report is not None:
         metrics.update(base_target_wer_domain_lm=lm_report["base_target_wer_domain_lm"],
                        domain_lm_weight=lm_report["weight"],
-                       domain_lm_dev_perplexity=lm_report["dev_perplexity"].get("mixed",
-                                                                                lm_report["dev_perplexity"]["domain_lm"]))
+                       domain_lm_dev_perplexity=next(lm_report["dev_perplexity"][k] for k in ("chosen", "mixed", "domain_lm")
+                                                     if k in lm_report["dev_perplexity"]))
     decision = decide(metrics, spec.max_source_regression)
 
     # -- publish
