@@ -6,7 +6,10 @@ For each speaker: train on N of his utterances (takes 5.., spread over the ten d
 adapted package are then scored on the test takes with the served decoder (CTranslate2), beside pocketsphinx.
 
     python bench/speaker_adapt.py [--speakers nicolas,theo] [--sizes 10,20,50] [--base whisper-tiny-en]
-        [--out bench/results/speaker_adapt.json]
+        [--domain-text train] [--out bench/results/speaker_adapt.json]
+
+--domain-text train adds `domain_text:` to the job file: a text file of the training utterances' transcripts
+(what a user who adapts has anyway), so the job mixes a word LM of them into the base's LM (CTC bases only).
 """
 
 from __future__ import annotations
@@ -41,6 +44,12 @@ def split(speaker: str, n_train: int, out: Path) -> dict[str, Path]:
         paths[name] = out / f"{name}.jsonl"
         paths[name].write_text("".join(json.dumps(r) + "\n" for r in rs))
     return paths
+
+
+def transcripts(manifest: Path, out: Path) -> Path:
+    """The manifest's transcripts, one per line, at `out` (the job's domain_text)."""
+    out.write_text("".join(json.loads(line)["text"] + "\n" for line in manifest.read_text().splitlines()))
+    return out
 
 
 def score(model_path_or_ref: str, manifest: Path, store: Path | None = None) -> dict:
@@ -103,7 +112,8 @@ def save(args, rows: list[dict], work_root: Path) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps({"base": args.base, "strategy": args.strategy or "auto", "command": " ".join(sys.argv),
+    tmp.write_text(json.dumps({"base": args.base, "strategy": args.strategy or "auto",
+                               "domain_text": args.domain_text or "none", "command": " ".join(sys.argv),
                                "rows": rows, "work": str(work_root)}, indent=1) + "\n")
     tmp.replace(out)
 
@@ -115,6 +125,8 @@ def main(argv=None) -> int:
     p.add_argument("--base", default="whisper-tiny-en")
     p.add_argument("--strategy", default="", choices=["", "head", "adapters", "finetune"],
                    help="a fifth key in the job file (default: none, the job chooses)")
+    p.add_argument("--domain-text", default="", choices=["", "train"],
+                   help="train: domain_text from the training transcripts (a CTC base's LM; default: none)")
     p.add_argument("--out", default=None,
                    help="JSON results (default: bench/results/speaker_adapt[.STRATEGY].json)")
     args = p.parse_args(argv)
@@ -136,7 +148,10 @@ def main(argv=None) -> int:
             work = work_root / speaker / str(n)
             paths = split(speaker, n, work)
             name = f"{args.base}-{speaker}-{n}"
-            job = run_job(store, args.base, paths, work, name, strategy=args.strategy)
+            keys = {"strategy": args.strategy}
+            if args.domain_text == "train":
+                keys["domain_text"] = [str(transcripts(paths["train"], work / "domain.txt"))]
+            job = run_job(store, args.base, paths, work, name, **keys)
             res = job["result"]
             row = {"speaker": speaker, "train_utterances": n, "base_test": base["test"],
                    "pocketsphinx_test_wer": base["pocketsphinx_test_wer"], **job}
