@@ -1074,8 +1074,8 @@ def run_job(args: JobArgs) -> int:
     if lm_report is not None:
         metrics.update(base_target_wer_domain_lm=lm_report["base_target_wer_domain_lm"],
                        domain_lm_weight=lm_report["weight"],
-                       domain_lm_dev_perplexity=next(lm_report["dev_perplexity"][k] for k in ("chosen", "mixed", "domain_lm")
-                                                     if k in lm_report["dev_perplexity"]))
+                       domain_lm_dev_perplexity=lm_report["dev_perplexity"].get(  # "chosen": a mixed LM
+                           "chosen", lm_report["dev_perplexity"]["domain_lm"]))
     decision = decide(metrics, spec.max_source_regression)
 
     # -- publish

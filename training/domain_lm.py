@@ -57,11 +57,17 @@ def build_job_lm(texts: list[str], base_path: str | Path, dev_manifest: str, cha
                  out: Path) -> dict:
     """Write the job's LM folder into `out` (kept when already there); returns its lm.json "domain" section:
     {"mode": "mixed" | "domain only", "weight", "weights" {w: dev ppl}, "dev_perplexity" {...}, "text" [...]}."""
+    return _build(texts, base_path, dev_manifest, characters, out)[0]
+
+
+def _build(texts: list[str], base_path: str | Path, dev_manifest: str, characters: tuple[str, ...],
+           out: Path) -> tuple[dict, _Mix | None]:
+    """build_job_lm's section, and the two models it mixed (None when it mixed nothing or reused the folder)."""
     if (out / INFO).is_file():
         info = json.loads((out / INFO).read_text(encoding="utf-8"))
         if "domain" in info:
             read_lm(out, characters)
-            return info["domain"]
+            return info["domain"], None
     shutil.rmtree(out, ignore_errors=True)
     sentences, sources = _text_sentences(texts, characters)
     dev = _dev_sentences(dev_manifest)
@@ -78,7 +84,7 @@ def build_job_lm(texts: list[str], base_path: str | Path, dev_manifest: str, cha
                    "base_lm": {"sha256": mix.files.info["files"][ARPA]["sha256"],
                                "vocabulary": mix.files.info.get("vocabulary")}}
         mix.write(weight, out, section, mixed)
-        return section
+        return section, mix
     staging = out.with_name(out.name + ".text")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -94,7 +100,15 @@ def build_job_lm(texts: list[str], base_path: str | Path, dev_manifest: str, cha
     info["sources"] = sources  # not the staging file's path
     (out / INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     shutil.rmtree(staging, ignore_errors=True)
-    return section
+    return section, None
+
+
+def _set_domain(folder: Path, section: dict) -> None:
+    """Replace the "domain" section of an LM folder's lm.json (its files' sha256 stay what they are)."""
+    info = {**json.loads((folder / INFO).read_text(encoding="utf-8")), "domain": section}
+    tmp = folder / (INFO + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(folder / INFO)
 
 
 class _Mix:
@@ -109,19 +123,17 @@ class _Mix:
     def write(self, weight: float, out: Path, section: dict, mixed=None) -> None:
         """The LM folder of the mix at `weight` (0: the base's LM files as they are) with `section` as lm.json's
         "domain"."""
-        about = {"domain": section}
         if weight == 0:
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir(parents=True)
-            for name in (ARPA, LEXICON):
+            for name in (ARPA, LEXICON, INFO):
                 shutil.copyfile(self.base_dir / name, out / name)
-            info = {**json.loads((self.base_dir / INFO).read_text(encoding="utf-8")), **about}
-            (out / INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            _set_domain(out, section)
             return
-        about["smoothing"] = (f"linear interpolation: {weight:g} x domain text (modified Kneser-Ney) + "
-                              f"{1 - weight:g} x the base's LM")
         write_lm(mixed or mix_arpa(self.domain, self.base, weight), out, self.characters,
-                 self.files.decoding or dict(DEFAULT_DECODING), about)
+                 self.files.decoding or dict(DEFAULT_DECODING),
+                 {"smoothing": f"linear interpolation: {weight:g} x domain text (modified Kneser-Ney) + "
+                               f"{1 - weight:g} x the base's LM", "domain": section})
 
 
 def pick_weight(rows: list[dict], source_limit: float) -> dict:
@@ -143,18 +155,18 @@ def choose_job_lm(texts: list[str], base_path: str | Path, candidate: Path, dev_
     from speechadapt.asr.evaluation import evaluate
     from speechadapt.asr.inference import load_model
 
-    section = build_job_lm(texts, base_path, dev_manifest, characters, out)
+    section, mix = _build(texts, base_path, dev_manifest, characters, out)
     if section["mode"] != "mixed" or "decoding" in section:
         return section
     ppl_weight = section["weight"]
     weights = [0.0] + sorted({w for w in DECODE_WEIGHTS if w < ppl_weight} | {ppl_weight})
-    mix = _Mix(_text_sentences(texts, characters)[0], Path(base_path) / "lm", characters)
+    mix = mix or _Mix(_text_sentences(texts, characters)[0], Path(base_path) / "lm", characters)
     work = out.with_name(out.name + ".weights")
     shutil.rmtree(work, ignore_errors=True)
+    folders = {w: out if w == ppl_weight else work / f"lm-{w:g}" for w in weights}
     rows = []
-    for w in weights:
-        lm_dir = out if w == ppl_weight else work / f"lm-{w:g}"
-        if w != ppl_weight:
+    for w, lm_dir in folders.items():
+        if lm_dir != out:
             mix.write(w, lm_dir, {})
         model = load_model(with_lm(candidate, lm_dir, work / f"model-{w:g}"))
         row = {"weight": w, "target_dev_wer": evaluate(model, dev_manifest).wer,
@@ -168,9 +180,11 @@ def choose_job_lm(texts: list[str], base_path: str | Path, candidate: Path, dev_
     chosen_ppl = {0.0: ppl["base_lm"], ppl_weight: ppl["mixed"]}.get(best["weight"]) or section["weights"][str(best["weight"])]
     section = {**section, "weight": best["weight"], "perplexity_weight": ppl_weight, "decoding": rows,
                "source_limit": source_limit, "dev_perplexity": {**ppl, "chosen": chosen_ppl}}
-    mix.write(best["weight"], work / "chosen", section)
-    shutil.rmtree(out)
-    (work / "chosen").rename(out)
+    chosen = folders[best["weight"]]
+    _set_domain(chosen, section)  # the folder decoded is the one kept: no second mix
+    if chosen != out:
+        shutil.rmtree(out)
+        chosen.rename(out)
     shutil.rmtree(work, ignore_errors=True)
     return section
 
